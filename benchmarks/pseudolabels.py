@@ -1,0 +1,161 @@
+"""Pseudo-label cost and quality: seconds and peak memory against N, and the k / τ ablation.
+
+    python benchmarks/pseudolabels.py                # N = 10k, 30k, 100k at M = 16, D = 4 + ablation
+    python benchmarks/pseudolabels.py --quick        # tiny sizes, a smoke test
+    python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
+
+Every size runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from _machine import describe_machine
+
+from training.pseudolabels import (
+    DEFAULT_NEIGHBOURS,
+    TemperatureScale,
+    compute_pseudo_labels,
+)
+from training.synthetic import multivariate
+
+FULL_SIZES = (10_000, 30_000, 100_000)
+QUICK_SIZES = (1_000, 3_000)
+INPUT_DIM = 16
+TARGET_DIM = 4
+FULL_NEIGHBOURS = (8, 16, 32, 64, 128, 256)
+QUICK_NEIGHBOURS = (16, 64)
+ABLATION_TEMPERATURES: tuple[tuple[TemperatureScale, float], ...] = (
+    (TemperatureScale.ABSOLUTE, 0.1),
+    (TemperatureScale.ABSOLUTE, 1.0),
+    (TemperatureScale.RELATIVE, 0.3),
+    (TemperatureScale.RELATIVE, 1.0),
+    (TemperatureScale.RELATIVE, 3.0),
+    (TemperatureScale.RELATIVE, math.inf),
+)
+KIB_PER_MIB = 1024
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One size: wall seconds, and peak resident memory of the child before and after (MiB)."""
+
+    samples: int
+    seconds: float
+    baseline_mib: float
+    peak_mib: float
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+
+
+def _single(samples: int) -> None:
+    """Child mode: time one computation on random data and print a JSON line."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(samples, INPUT_DIM, dtype=torch.float64, generator=generator)
+    targets = torch.randn(samples, TARGET_DIM, dtype=torch.float32, generator=generator)
+    baseline = _peak_rss_mib()
+    start = time.perf_counter()
+    compute_pseudo_labels(inputs, targets)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"samples": samples, "seconds": seconds, "baseline": baseline, "peak": _peak_rss_mib()}))
+
+
+def _cost(samples: int) -> CostRow:
+    result = subprocess.run(
+        [sys.executable, __file__, "--single", str(samples)], capture_output=True, text=True, check=True
+    )
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    return CostRow(samples, record["seconds"], record["baseline"], record["peak"])
+
+
+def _relative_frobenius(estimate: np.ndarray, truth: np.ndarray) -> float:
+    difference = np.linalg.norm((estimate - truth).reshape(len(truth), -1), axis=1)
+    return float(np.mean(difference / np.linalg.norm(truth.reshape(len(truth), -1), axis=1)))
+
+
+def _ablation(dims: tuple[int, ...], neighbours: tuple[int, ...]) -> list[str]:
+    lines = ["| D (N) | weights | " + " | ".join(f"k = {k}" for k in neighbours) + " |"]
+    lines.append("|---|---|" + "---:|" * len(neighbours))
+    for dim in dims:
+        data = multivariate(dim, dim, 1000 * dim, seed=0)
+        inputs, targets = torch.from_numpy(data.inputs), torch.from_numpy(data.targets)
+        homoscedastic = np.broadcast_to(np.cov(data.targets.T), data.covariance.shape)
+        for scale, temperature in ABLATION_TEMPERATURES:
+            errors = [
+                _relative_frobenius(
+                    compute_pseudo_labels(
+                        inputs, targets, neighbours=k, temperature=temperature, temperature_scale=scale
+                    ).covariance.numpy(),
+                    data.covariance,
+                )
+                for k in neighbours
+            ]
+            label = "uniform" if math.isinf(temperature) else f"{scale.value} τ = {temperature:g}"
+            cells = " | ".join(f"{error:.3f}" for error in errors)
+            lines.append(f"| {dim} ({1000 * dim}) | {label} | {cells} |")
+        global_error = _relative_frobenius(homoscedastic, data.covariance)
+        lines.append(f"| {dim} ({1000 * dim}) | global sample covariance | {global_error:.3f} |")
+    return lines
+
+
+def main() -> None:
+    """Run the benchmark, print the tables and write them to ``--output``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
+    parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
+    parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single is not None:
+        _single(args.single)
+        return
+
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    lines = [
+        "# Pseudo-label cost and quality",
+        "",
+        f"Command: `python benchmarks/pseudolabels.py{' --quick' if args.quick else ''}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
+        f"Machine: {describe_machine(('torch', torch.__version__))}",
+        "",
+        f"## Cost (M = {INPUT_DIM} inputs, D = {TARGET_DIM} targets, k = {DEFAULT_NEIGHBOURS})",
+        "",
+        "| N | seconds | peak RSS (MiB) | growth over baseline (MiB) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for samples in sizes:
+        row = _cost(samples)
+        growth = row.peak_mib - row.baseline_mib
+        lines.append(f"| {samples} | {row.seconds:.2f} | {row.peak_mib:.0f} | {growth:.0f} |")
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "## Ablation: mean relative Frobenius error of the labels against the true Σ(x)",
+        "",
+        "TIC-TAC synthetic generator, D → D dimensions, N = 1000·D, seed 0. Lower is better.",
+        "",
+    ]
+    lines += _ablation((2,) if args.quick else (4, 8), QUICK_NEIGHBOURS if args.quick else FULL_NEIGHBOURS)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
