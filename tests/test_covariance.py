@@ -11,6 +11,7 @@ from training.covariance import (
     TaylorTerms,
     make_parameterisation,
     taylor_terms,
+    unrolled_cholesky,
 )
 from training.losses import wasserstein_bound
 from training.pseudolabels import PseudoLabels
@@ -198,3 +199,20 @@ def test_wrong_raw_shape_and_missing_taylor_terms_are_named() -> None:
     tic = make_parameterisation("tic", 3)
     with pytest.raises(ValueError, match="taylor: the tic parameterisation needs"):
         tic(torch.zeros(4, tic.raw_size))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5, 12])
+def test_unrolled_cholesky_equals_torch_cholesky(dim: int) -> None:
+    factor = torch.randn(16, dim, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(dim))
+    matrix = factor @ factor.mT + 0.1 * torch.eye(dim, dtype=torch.float64)
+    torch.testing.assert_close(
+        unrolled_cholesky(matrix), torch.linalg.cholesky(matrix), rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("kind", ["cholesky", "sqrt", "diagonal"])
+def test_exportable_build_gives_the_same_covariance(kind: str) -> None:
+    parameterisation = make_parameterisation(kind, 4)
+    raw = _raw("normal3", 16, parameterisation.raw_size, torch.float64)
+    eager, exportable = parameterisation(raw), parameterisation(raw, exportable=True)
+    torch.testing.assert_close(exportable.factor, eager.factor, rtol=1e-10, atol=1e-10)

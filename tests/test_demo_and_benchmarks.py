@@ -8,24 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from training.demo import main as demo_main
+from training.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_ranks_pseudo_labels_between_the_homoscedastic_baseline_and_the_truth(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert demo_main(["--dim", "2", "--seed", "1"]) == 0
-    rows = {
-        line.split()[0]: [float(v) for v in line.split()[1:]]
-        for line in capsys.readouterr().out.splitlines()[2:]
-    }
-    assert set(rows) == {"homoscedastic", "pseudo-labels", "truth"}
-    kl_column, w2_column = 3, 4
-    for column in (kl_column, w2_column):
-        assert rows["truth"][column] == 0.0
-        assert rows["pseudo-labels"][column] < rows["homoscedastic"][column]
+def test_the_demo_configuration_trains_and_publishes(tmp_path: Path) -> None:
+    """``make demo`` runs ``covserve-train fit --config configs/demo.yaml``; here with one epoch."""
+    output = ["--repository", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs")]
+    code = cli_main(
+        ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--epochs", "1", "--no-progress", *output]
+    )
+    assert code == 0
+    assert (tmp_path / "models" / "demo" / "1" / "model.onnx").is_file()
+    assert "covserve-train fit --config configs/demo.yaml" in (ROOT / "Makefile").read_text()
 
 
 @pytest.mark.parametrize("script", ["tac.py", "pseudolabels.py"])

@@ -177,7 +177,7 @@ def test_theorem_1_the_bound_is_never_below_exact_w2(pair: tuple[torch.Tensor, t
     exact = wasserstein(zeros, TriangularCovariance(torch.linalg.cholesky(predicted)), zeros, labels)
     tolerance = 1e-8 * (1.0 + exact.abs())
     for factored in (
-        SymmetricRootCovariance(symmetric_sqrt(predicted), torch.linalg.cholesky(symmetric_sqrt(predicted))),
+        SymmetricRootCovariance(symmetric_sqrt(predicted)),
         TriangularCovariance(torch.linalg.cholesky(predicted)),
     ):
         bound = wasserstein_bound(zeros, factored, zeros, labels)
@@ -194,9 +194,7 @@ def test_theorem_1_equality_for_commuting_covariances(dim: int, seed: int) -> No
     labels = _labels_from((rotation * eigen_b.unsqueeze(-2)) @ rotation.mT)
     root = 0.5 * (symmetric_sqrt(predicted) + symmetric_sqrt(predicted).mT)
     zeros = torch.zeros(16, dim, dtype=torch.float64)
-    bound = wasserstein_bound(
-        zeros, SymmetricRootCovariance(root, torch.linalg.cholesky(root)), zeros, labels
-    )
+    bound = wasserstein_bound(zeros, SymmetricRootCovariance(root), zeros, labels)
     exact = wasserstein(zeros, TriangularCovariance(torch.linalg.cholesky(predicted)), zeros, labels)
     expected = ((eigen_a.sqrt() - eigen_b.sqrt()) ** 2).sum(dim=-1)
     torch.testing.assert_close(bound, expected, rtol=1e-8, atol=1e-8)

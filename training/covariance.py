@@ -30,6 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -52,6 +53,7 @@ __all__ = [
     "TriangularCovariance",
     "make_parameterisation",
     "taylor_terms",
+    "unrolled_cholesky",
 ]
 
 
@@ -137,9 +139,11 @@ class SymmetricRootCovariance(FactoredCovariance):
     ``S⁻¹ v = T⁻ᵀ T⁻¹ v``.
     """
 
-    def __init__(self, root: Tensor, root_cholesky: Tensor) -> None:
-        super().__init__(root)
-        self.root_cholesky = root_cholesky
+    @cached_property
+    def root_cholesky(self) -> Tensor:
+        """Lower Cholesky factor ``T`` of ``S`` ``(B, D, D)``, computed on first use only."""
+        factor: Tensor = torch.linalg.cholesky(self.factor)
+        return factor
 
     def log_det(self) -> Tensor:
         """``4 Σᵢ log Tᵢᵢ`` ``(B,)``."""
@@ -225,20 +229,53 @@ class Parameterisation(ABC):
         """Number of raw outputs ``R`` the covariance network must emit per sample."""
 
     @abstractmethod
-    def _build(self, raw: Tensor, taylor: TaylorTerms | None) -> FactoredCovariance: ...
+    def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance: ...
 
-    def __call__(self, raw: Tensor, taylor: TaylorTerms | None = None) -> FactoredCovariance:
-        """Build the covariance of every sample from ``raw`` ``(B, raw_size)``."""
+    def __call__(
+        self, raw: Tensor, taylor: TaylorTerms | None = None, *, exportable: bool = False
+    ) -> FactoredCovariance:
+        """Build the covariance of every sample from ``raw`` ``(B, raw_size)``.
+
+        ``exportable=True`` replaces ``torch.linalg.cholesky`` by :func:`unrolled_cholesky` (elementary
+        ops only), because ONNX has no Cholesky operator; both give the same factor.
+        """
         if raw.ndim != 2 or raw.shape[-1] != self.raw_size:
             raise ValueError(
                 f"raw: expected shape (B, {self.raw_size}) for a {self.kind.value} covariance of dimension "
                 f"{self.dim}, got {tuple(raw.shape)}"
             )
-        return self._build(raw, taylor)
+        return self._build(raw, taylor, exportable)
 
 
 def _triangle_size(dim: int) -> int:
     return dim * (dim + 1) // 2
+
+
+def unrolled_cholesky(matrix: Tensor) -> Tensor:
+    """Lower Cholesky factor of SPD ``matrix`` ``(B, D, D)`` from matmuls, square roots and divisions.
+
+    A column-by-column (Cholesky–Crout) loop over the static ``D``, so tracing it yields an ONNX graph of
+    ``O(D)`` nodes. Equal to ``torch.linalg.cholesky`` up to rounding.
+    """
+    dim = matrix.shape[-1]
+    rows = torch.arange(dim, device=matrix.device)
+    columns: list[Tensor] = []
+    for j in range(dim):
+        column = matrix[..., :, j]
+        if columns:
+            previous = torch.stack(columns, dim=-1)
+            column = column - (previous @ previous[..., j, :].unsqueeze(-1)).squeeze(-1)
+        pivot = column[..., j : j + 1].sqrt()
+        below = (rows >= j).to(matrix.dtype)
+        columns.append(column / pivot * below)
+    return torch.stack(columns, dim=-1)
+
+
+def _cholesky(matrix: Tensor, exportable: bool) -> Tensor:
+    if exportable:
+        return unrolled_cholesky(matrix)
+    factor: Tensor = torch.linalg.cholesky(matrix)
+    return factor
 
 
 def _ridge(gram: Tensor, floor: float) -> Tensor:
@@ -262,10 +299,10 @@ class CholeskyParameterisation(Parameterisation):
     def raw_size(self) -> int:
         return _triangle_size(self.dim)
 
-    def _build(self, raw: Tensor, taylor: TaylorTerms | None) -> FactoredCovariance:
+    def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         inner = _lower_triangular(raw, self.dim)
         covariance = _ridge(inner @ inner.mT, DIAGONAL_FLOOR**2)
-        return TriangularCovariance(torch.linalg.cholesky(covariance))
+        return TriangularCovariance(_cholesky(covariance, exportable))
 
 
 class SqrtParameterisation(Parameterisation):
@@ -280,10 +317,10 @@ class SqrtParameterisation(Parameterisation):
     def raw_size(self) -> int:
         return _triangle_size(self.dim)
 
-    def _build(self, raw: Tensor, taylor: TaylorTerms | None) -> FactoredCovariance:
+    def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         inner = _lower_triangular(raw, self.dim)
         root = _ridge(inner @ inner.mT, DIAGONAL_FLOOR)
-        return SymmetricRootCovariance(root, torch.linalg.cholesky(root))
+        return SymmetricRootCovariance(root)
 
 
 class DiagonalParameterisation(Parameterisation):
@@ -295,7 +332,7 @@ class DiagonalParameterisation(Parameterisation):
     def raw_size(self) -> int:
         return self.dim
 
-    def _build(self, raw: Tensor, taylor: TaylorTerms | None) -> FactoredCovariance:
+    def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         return TriangularCovariance(torch.diag_embed(_positive(raw)))
 
 
@@ -314,7 +351,7 @@ class TicParameterisation(Parameterisation):
     def raw_size(self) -> int:
         return _triangle_size(self.dim) + 2
 
-    def _build(self, raw: Tensor, taylor: TaylorTerms | None) -> FactoredCovariance:
+    def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         if taylor is None:
             raise ValueError(
                 "taylor: the tic parameterisation needs the mean network's TaylorTerms, got None"
@@ -326,7 +363,7 @@ class TicParameterisation(Parameterisation):
             + scales[:, 1, None, None] * taylor.hessian_gram
             + inner @ inner.mT
         )
-        return TriangularCovariance(torch.linalg.cholesky(_ridge(gram, DIAGONAL_FLOOR**2)))
+        return TriangularCovariance(_cholesky(_ridge(gram, DIAGONAL_FLOOR**2), exportable))
 
 
 _REGISTRY: dict[CovarianceKind, type[Parameterisation]] = {

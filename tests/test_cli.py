@@ -1,0 +1,196 @@
+"""``covserve-train`` end to end on small data: fit, evaluate, export, compare, errors, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.cli import main
+
+SCRIPT = str(Path(sys.executable).parent / "covserve-train")
+UCI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "uci"
+TINY = ["--width", "8", "--depth", "1", "--batch-size", "32", "--device", "cpu", "--no-progress"]
+
+
+def _plant_csv(path: Path, rows: int = 240) -> Path:
+    generator = np.random.default_rng(0)
+    temperature = generator.uniform(10, 30, rows)
+    pressure = generator.uniform(1, 2, rows)
+    noise = generator.normal(size=(rows, 2)) * (0.1 + 0.05 * temperature[:, None])
+    yield_a = 2.0 * temperature + noise[:, 0]
+    yield_b = pressure * 3.0 + noise[:, 0] * 0.8 + noise[:, 1] * 0.2
+    lines = ["temperature,pressure,yield_a,yield_b"]
+    lines += [
+        f"{t:.6f},{p:.6f},{a:.6f},{b:.6f}"
+        for t, p, a, b in zip(temperature, pressure, yield_a, yield_b, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _output_flags(tmp_path: Path) -> list[str]:
+    return ["--repository", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs")]
+
+
+def test_fit_then_evaluate_a_named_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = _plant_csv(tmp_path / "plant.csv")
+    data = ["--data", str(csv), "--inputs", "temperature,pressure", "--targets", "yield_a,yield_b"]
+    code = main(["fit", *data, "--epochs", "2", "--name", "plant", *TINY, *_output_flags(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    version = tmp_path / "models" / "plant" / "1"
+    metadata = json.loads((version / "model.json").read_text())
+    assert metadata["input_names"] == ["temperature", "pressure"]
+    assert metadata["target_names"] == ["yield_a", "yield_b"]
+    assert metadata["method"] == "w2-bound"
+    assert metadata["parameterisation"] == "sqrt"
+    (run,) = (tmp_path / "runs").iterdir()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    report = json.loads((run / "report.json").read_text())
+    assert report["published"] == str(version)
+    assert np.isfinite(report["test_metrics"]["nll"])
+    for plot in ("learning_curves", "predicted_vs_true", "calibration", "covariance_ellipses"):
+        assert (run / f"{plot}.png").stat().st_size > 1000
+    capsys.readouterr()
+
+    assert main(["evaluate", str(version), *data]) == 0
+    printed = capsys.readouterr().out
+    nll = float(printed.split("nll ")[1].split()[0])
+    assert nll == pytest.approx(report["test_metrics"]["nll"], rel=1e-3)
+
+
+def test_export_republishes_a_checkpoint_as_the_next_version(tmp_path: Path) -> None:
+    flags = ["--samples", "400", "--epochs", "1", *TINY, *_output_flags(tmp_path)]
+    assert main(["fit", *flags]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert main(["export", str(run), "--name", "again", "--repository", str(tmp_path / "models")]) == 0
+    assert (tmp_path / "models" / "again" / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["fit", "--data", "missing.csv", "--targets", "y"], "missing.csv"),
+        (["fit", "--data", "{csv}", "--targets", "nope"], "nope"),
+        (["fit", "--data", "{csv}"], "--targets"),
+        (["fit", "--data", "{csv}", "--targets", "yield_a", "--inputs", "yield_a"], "yield_a"),
+        (["fit", "--method", "w3"], "method"),
+        (["fit", "--epochs", "3", "--hybrid-epochs", "3"], "--hybrid-epochs"),
+        (["fit", "--in-dim", "0"], "--in-dim"),
+        (["fit", "--device", "cuda"] if not torch.cuda.is_available() else ["fit", "--lr", "-1"], "--"),
+        (["fit", "--config", "{bad_yaml}"], "bad.yaml"),
+        (["fit", "--config", "{unknown_key}"], "learning_rate"),
+        (["fit", "--test-fraction", "0"], "--test-fraction"),
+        (["compare", "--methods", "w2-bound,w3"], "--methods"),
+        (["evaluate", "{tmp}/models/none/1"], "model.json"),
+        (["export", "{tmp}/no-run"], "no-run"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_code_2(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = _plant_csv(tmp_path / "plant.csv", rows=40)
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n", encoding="utf-8")
+    (tmp_path / "unknown.yaml").write_text("train:\n  learning_rate: 0.1\n", encoding="utf-8")
+    substitutions = {
+        "{csv}": str(csv),
+        "{bad_yaml}": str(tmp_path / "bad.yaml"),
+        "{unknown_key}": str(tmp_path / "unknown.yaml"),
+        "{tmp}": str(tmp_path),
+    }
+    filled = []
+    for argument in arguments:
+        for key, value in substitutions.items():
+            argument = argument.replace(key, value)
+        filled.append(argument)
+    code = main([*filled, *_output_flags(tmp_path)] if filled[0] in {"fit", "compare"} else filled)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("covserve-train: error: ")
+    assert message in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "models").exists()
+
+
+def test_console_script_reports_errors_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SCRIPT, "fit", "--data", str(tmp_path / "absent.parquet"), "--targets", "y"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "absent.parquet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    weights: dict[str, torch.Tensor] = state["model"]
+    return weights
+
+
+def test_resume_after_ctrl_c_reproduces_the_uninterrupted_weights(tmp_path: Path) -> None:
+    flags = ["fit", "--samples", "1500", "--epochs", "6", *TINY, "--patience", "100"]
+    straight = tmp_path / "straight"
+    subprocess.run([SCRIPT, *flags, *_output_flags(straight)], check=True, capture_output=True, cwd=tmp_path)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [SCRIPT, *flags, *_output_flags(interrupted)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("epoch 2:"):
+            process.send_signal(signal.SIGINT)
+            break
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130, error
+    assert "--resume" in error
+    assert "Traceback" not in error
+    (run,) = (interrupted / "runs").iterdir()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) < 6
+
+    resumed = subprocess.run(
+        [SCRIPT, "fit", "--resume", str(run), "--no-progress"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    (straight_run,) = (straight / "runs").iterdir()
+    expected, actual = _checkpoint_weights(straight_run), _checkpoint_weights(run)
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, actual[name]), name
+
+
+def test_compare_runs_every_method_on_synthetic_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--samples", "400", "--epochs", "1", "--trials", "2", "--methods", "w2-bound,nll,mse"]
+    assert main(["compare", *flags, *TINY, *_output_flags(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    for method in ("w2-bound", "nll", "mse"):
+        assert f"| {method} |" in table
+    assert "KL to truth" in table
+    (run,) = (tmp_path / "runs").iterdir()
+    results = json.loads((run / "compare.json").read_text())
+    assert len(results["nll"]["kl_to_truth"]) == 2
+
+
+@pytest.mark.skipif(not UCI.is_dir(), reason=f"UCI data sets not present at {UCI}")
+def test_compare_runs_on_uci_energy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--data", "uci:energy", "--data-dir", str(UCI), "--epochs", "1", "--trials", "1"]
+    assert main(["compare", *flags, "--methods", "w2-bound,nll", *TINY, *_output_flags(tmp_path)]) == 0
+    assert "| w2-bound |" in capsys.readouterr().out

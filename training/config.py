@@ -1,0 +1,124 @@
+"""Run configuration: a YAML file validated by pydantic, every field overridable by a command-line flag."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.data import DataConfig
+from training.errors import UsageError
+from training.losses import LossName
+from training.pseudolabels import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE
+
+__all__ = ["Device", "ModelConfig", "RunConfig", "TrainConfig", "load_config"]
+
+
+class Device(str, Enum):
+    """Where training runs: ``auto`` picks CUDA when available."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class ModelConfig(BaseModel):
+    """Network sizes; ``width`` defaults to TIC-TAC's ``D² + 2`` (at least 32)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int | None = Field(default=None, ge=1, description="hidden units per layer (--width)")
+    depth: int = Field(default=5, ge=0, description="residual blocks per network (--depth)")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation: TIC-TAC's UCI/multivariate defaults (AdamW, lr 3e-4, batch 32, 100 epochs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: LossName = Field(default=LossName.W2_BOUND, description="loss (--method)")
+    hybrid_epochs: int = Field(
+        default=0, ge=0, description="train the W2 bound for this many epochs first, then --method"
+    )
+    epochs: int = Field(default=100, ge=1, description="maximum epochs (--epochs)")
+    batch_size: int = Field(default=32, ge=2, description="rows per step (--batch-size)")
+    lr: float = Field(default=3e-4, gt=0, description="AdamW learning rate (--lr)")
+    weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay (--weight-decay)")
+    patience: int = Field(default=20, ge=1, description="early-stopping patience in epochs (--patience)")
+    grad_clip: float = Field(default=10.0, gt=0, description="max gradient norm (--grad-clip)")
+    neighbours: int = Field(default=DEFAULT_NEIGHBOURS, ge=2, description="pseudo-label k (--neighbours)")
+    temperature: float = Field(
+        default=DEFAULT_TEMPERATURE, gt=0, description="pseudo-label τ (--temperature)"
+    )
+    device: Device = Field(default=Device.AUTO, description="auto|cpu|cuda (--device)")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="CPU threads for training ops (--threads); tiny per-step ops run fastest on one",
+    )
+    seed: int = Field(default=0, description="seed of weights, batches and splits (--seed)")
+
+    @model_validator(mode="after")
+    def _hybrid_needs_a_second_phase(self) -> TrainConfig:
+        if self.hybrid_epochs >= self.epochs:
+            raise ValueError(f"--hybrid-epochs ({self.hybrid_epochs}) must be below --epochs ({self.epochs})")
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything one ``covserve-train`` run needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name (--name)"
+    )
+    repository: Path = Field(default=Path("models"), description="model repository (--repository)")
+    run_dir: Path = Field(default=Path("runs"), description="parent of run directories (--run-dir)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "config"
+        parts.append(f"{location}: {item['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(path: Path | None, overrides: dict[str, dict[str, object]]) -> RunConfig:
+    """Read ``path`` (YAML, optional), apply flag ``overrides`` by section, validate.
+
+    ``overrides`` maps ``"run"``, ``"data"``, ``"model"`` and ``"train"`` to the flags that were given.
+    Raises :class:`UsageError` naming the file or flag.
+    """
+    document: dict[str, object] = {}
+    source = "flags"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise UsageError(f"--config {path}: cannot read ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise UsageError(f"--config {path}: not valid YAML ({error})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UsageError(f"--config {path}: expected a mapping at the top level")
+        document = dict(loaded or {})
+        source = f"{path} (with flags)"
+    document.update({key: value for key, value in overrides.get("run", {}).items() if value is not None})
+    for section in ("data", "model", "train"):
+        given = {key: value for key, value in overrides.get(section, {}).items() if value is not None}
+        if given:
+            existing = document.get(section) or {}
+            if not isinstance(existing, dict):
+                raise UsageError(f"{source}: section {section!r} must be a mapping")
+            document[section] = {**existing, **given}
+    try:
+        return RunConfig.model_validate(document)
+    except ValidationError as error:
+        raise UsageError(_format_errors(error, source)) from None

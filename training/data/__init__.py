@@ -1,0 +1,29 @@
+"""Tabular data for the trainer: read a data set, clean it and split it.
+
+``DataConfig`` names the data set (``synthetic``, ``sinusoid``, ``uci:<name>`` or a CSV/parquet file), the
+input and target columns, and the split protocol (``holdout`` or the TIC-TAC ``tictac``). ``load_split``
+returns a :class:`Split` of three :class:`Table` s (inputs (N, M), targets (N, D), float64) with a
+human-readable description of what was read and dropped. Nothing is standardised here except by the
+``tictac`` protocol itself; the trainer fits its scaling on the training part.
+
+Every problem the user can fix raises :class:`~training.errors.UsageError` naming the file, column or flag.
+"""
+
+from __future__ import annotations
+
+from training.data._config import DataConfig, Protocol
+from training.data._load import load_split, load_table
+from training.data._splits import make_split
+from training.data._table import Split, Table
+from training.data._uci import UCI_NAMES
+
+__all__ = [
+    "UCI_NAMES",
+    "DataConfig",
+    "Protocol",
+    "Split",
+    "Table",
+    "load_split",
+    "load_table",
+    "make_split",
+]
