@@ -10,9 +10,8 @@ import torch
 
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import DataConfig, load_split
-from training.evaluate import compute_metrics
 from training.losses import LossName
-from training.trainer import CHECKPOINT_FILE, TrainingDivergedError, load_checkpoint, predict_raw, train
+from training.trainer import CHECKPOINT_FILE, TrainingDivergedError, load_checkpoint, score, train
 
 CLAIM_SEEDS = (0, 1, 2)
 CLAIM_EPOCHS = 4
@@ -38,14 +37,8 @@ def _kl_to_truth(method: str, seed: int, run_dir: Path) -> dict[str, float]:
     split = load_split(DataConfig(in_dim=4, out_dim=4, samples=4000, seed=seed))
     config = TrainConfig(method=LossName(method), epochs=CLAIM_EPOCHS, seed=seed, device=Device.CPU)
     result = train(split, config, ModelConfig(), run_dir=run_dir / f"{method}-{seed}", progress=False)
-    mean, covariance = predict_raw(result.model, split.test.inputs, torch.device("cpu"))
-    return compute_metrics(
-        mean,
-        covariance,
-        split.test.targets,
-        true_mean=split.test.true_mean,
-        true_covariance=split.test.true_covariance,
-    )
+    _, _, metrics = score(result.model, split.test, torch.device("cpu"))
+    return metrics
 
 
 @pytest.mark.slow
@@ -65,3 +58,12 @@ def test_w2_bound_learns_the_true_covariance_faster_than_nll_and_mse(tmp_path: P
     assert mean_kl["w2-bound"] < CLAIM_MARGIN * mean_kl["mse"], mean_kl
     for bound, nll in zip(results["w2-bound"], results["nll"], strict=True):
         assert bound["w2_to_truth"] < nll["w2_to_truth"]
+
+
+def test_hybrid_trains_the_bound_first_then_the_method_on_its_parameterisation(tmp_path: Path) -> None:
+    split = load_split(DataConfig(samples=400))
+    config = TrainConfig(method=LossName.NLL, hybrid_epochs=1, epochs=2, device=Device.CPU)
+    result = train(split, config, ModelConfig(width=8, depth=1), run_dir=tmp_path, progress=False)
+    assert result.model.kind.value == "cholesky"
+    assert len(result.history) == 2
+    assert all(np.isfinite(record["train_loss"]) for record in result.history)

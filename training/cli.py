@@ -20,7 +20,7 @@ from training.compare import run_comparison
 from training.config import RunConfig, load_config
 from training.data import Split, load_split
 from training.errors import UsageError
-from training.evaluate import compute_metrics, evaluate_model
+from training.evaluate import evaluate_model
 from training.export import ExportError, ModelCard, export_model, read_metadata
 from training.losses import LossName
 from training.networks import CovarianceModel
@@ -30,7 +30,7 @@ from training.trainer import (
     TrainingInterruptedError,
     build_model,
     load_checkpoint,
-    predict_raw,
+    score,
     train,
 )
 
@@ -204,14 +204,7 @@ def _fit(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         on_epoch=report_epoch,
     )
-    mean, covariance = predict_raw(result.model, split.test.inputs, torch.device(result.device))
-    metrics = compute_metrics(
-        mean,
-        covariance,
-        split.test.targets,
-        true_mean=split.test.true_mean,
-        true_covariance=split.test.true_covariance,
-    )
+    mean, covariance, metrics = score(result.model, split.test, torch.device(result.device))
     run.write_plots(result.history, split.test, mean, covariance)
     version = _publish(result.model, config, split, metrics)
     report: dict[str, Any] = {
@@ -275,14 +268,7 @@ def _export(args: argparse.Namespace) -> int:
     split = load_split(config.data)
     model = build_model(split, config.train, config.model)
     model.load_state_dict(checkpoint["best_model"])
-    mean, covariance = predict_raw(model, split.test.inputs, torch.device("cpu"))
-    metrics = compute_metrics(
-        mean,
-        covariance,
-        split.test.targets,
-        true_mean=split.test.true_mean,
-        true_covariance=split.test.true_covariance,
-    )
+    _, _, metrics = score(model, split.test, torch.device("cpu"))
     return 0 if _publish(model, config, split, metrics) is not None else EXIT_EXPORT
 
 

@@ -10,10 +10,9 @@ import numpy as np
 
 from training.config import RunConfig
 from training.data import load_split
-from training.evaluate import compute_metrics
 from training.losses import LossName
 from training.runs import RunDirectory
-from training.trainer import predict_raw, resolve_device, train
+from training.trainer import resolve_device, score, train
 
 __all__ = ["COLUMNS", "Comparison", "run_comparison"]
 
@@ -78,14 +77,7 @@ def run_comparison(
                 run_dir=run.path / f"{method.value}-trial{trial}",
                 progress=progress,
             )
-            mean, covariance = predict_raw(result.model, split.test.inputs, device)
-            metrics = compute_metrics(
-                mean,
-                covariance,
-                split.test.targets,
-                true_mean=split.test.true_mean,
-                true_covariance=split.test.true_covariance,
-            )
+            _, _, metrics = score(result.model, split.test, device)
             metrics["seconds_per_epoch"] = result.seconds_per_epoch
             metrics["peak_memory_mib"] = result.peak_memory_mib
             for key, value in metrics.items():

@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "predict_raw",
     "resolve_device",
+    "score",
     "train",
 ]
 
@@ -170,11 +171,15 @@ def predict_raw(
     return np.concatenate(means), np.concatenate(covariances)
 
 
-def _evaluate(model: CovarianceModel, table: Table, device: torch.device) -> dict[str, float]:
+def score(
+    model: CovarianceModel, table: Table, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Raw-unit predictions on ``table`` and their metrics (with KL/W2 to the truth where it is known)."""
     mean, covariance = predict_raw(model, table.inputs, device)
-    return compute_metrics(
+    metrics = compute_metrics(
         mean, covariance, table.targets, true_mean=table.true_mean, true_covariance=table.true_covariance
     )
+    return mean, covariance, metrics
 
 
 def build_model(split: Split, config: TrainConfig, model_config: ModelConfig) -> CovarianceModel:
@@ -305,7 +310,7 @@ def _train(
                     model, optimiser, spec, inputs, targets, labels, batches, config, epoch, progress
                 )
                 epoch_seconds.append(time.perf_counter() - started)
-                validation = _evaluate(model, split.validation, device)
+                _, _, validation = score(model, split.validation, device)
                 scheduler.step(validation[criterion])
                 record = {
                     "epoch": float(epoch + 1),
