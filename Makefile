@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade -c $(CONSTRAINTS) pip
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[train,dev]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[train,dev,cpu]"
 	touch $(STAMP)
 
 test: install
@@ -23,14 +23,15 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The main job: train the demo model unless the repository already has a version, then serve it
-# (covserve-serve arrives with the inference service; until then the published version is the result).
+# The main job: train the demo model unless the repository already has a version, then serve the
+# repository on 127.0.0.1:8000 until Ctrl-C.
 demo: install
 	@if ls models/demo/*/model.onnx >/dev/null 2>&1; then \
 		echo "models/demo already has a published version: $$(ls models/demo | sort -n | tail -1)"; \
 	else \
 		$(BIN)/covserve-train fit --config configs/demo.yaml; \
 	fi
+	$(BIN)/covserve-serve --repository models --host 127.0.0.1 --port 8000
 
 bench: install
 	$(BIN)/python benchmarks/tac.py

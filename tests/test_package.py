@@ -26,6 +26,16 @@ MODULES = [
     "service",
     "service.cli",
     "service.gaussian",
+    "service._app",
+    "service._errors",
+    "service._metrics",
+    "service._models",
+    "service._native",
+    "service._oip",
+    "service._oip_routes",
+    "service._repository",
+    "service._runtime",
+    "service._settings",
 ]
 SCRIPTS = Path(sys.executable).parent
 
@@ -54,7 +64,7 @@ def test_console_scripts_report_the_version(script: str, package: object) -> Non
 
 def test_the_service_package_never_imports_torch() -> None:
     code = (
-        "import sys, service, service.cli, service.gaussian; "
+        "import sys, service, service.cli, service.gaussian, service._app; "
         "assert 'torch' not in sys.modules, 'service imported torch'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

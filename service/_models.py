@@ -1,0 +1,154 @@
+"""The set of served model versions and the bounded inference executor in front of them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service._errors import ApiError
+from service._metrics import ServiceMetrics
+from service._repository import Problem, scan_repository
+from service._runtime import InvalidModelError, LoadedModel, Prediction, load_model
+from service._settings import Settings
+
+__all__ = ["Inference", "ServedModels"]
+
+LOGGER = logging.getLogger("covserve.service")
+RETRY_AFTER_SECONDS = "1"
+
+
+class ServedModels:
+    """Loaded sessions by model name and version, swapped atomically on reload.
+
+    A refresh loads and warms new versions *before* replacing the mapping, so a request always sees either
+    the old or the new set, and requests in flight finish on the session they started with. ``ready`` turns
+    true after the first refresh; ``draining`` after a shutdown signal.
+    """
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.versions: dict[str, dict[int, LoadedModel]] = {}
+        self.problems: list[Problem] = []
+        self.unloaded: set[str] = set()
+        self.ready = False
+        self.draining = False
+        self._settings = settings
+        self._metrics = metrics
+        self._lock = threading.Lock()
+
+    def refresh(self, only: str | None = None) -> list[Problem]:
+        """Rescan the repository (or one model) and load what changed; returns this scan's problems.
+
+        Blocking (sessions are created and warmed up): call it from a worker thread.
+        """
+        with self._lock:
+            scan = scan_repository(self._settings.repository)
+            problems = [p for p in scan.problems if only is None or p.path.parent.name == only]
+            current = self.versions
+            fresh: dict[str, dict[int, LoadedModel]] = {
+                name: versions for name, versions in current.items() if only is not None and name != only
+            }
+            for version in scan.versions:
+                if (only is None and version.name in self.unloaded) or (
+                    only is not None and version.name != only
+                ):
+                    continue
+                existing = current.get(version.name, {}).get(version.version)
+                if existing is not None and existing.version.onnx_sha256 == version.onnx_sha256:
+                    fresh.setdefault(version.name, {})[version.version] = existing
+                    continue
+                try:
+                    loaded = load_model(version, self._settings.device, self._settings.threads)
+                except InvalidModelError as error:
+                    problems.append(Problem(version.path, str(error)))
+                    continue
+                fresh.setdefault(version.name, {})[version.version] = loaded
+                self._metrics.model_info.labels(version.name, str(version.version), loaded.provider).set(1)
+                LOGGER.info("loaded %s version %d on %s", version.name, version.version, loaded.provider)
+            for problem in problems:
+                LOGGER.warning("skipped %s: %s", problem.path, problem.reason)
+            if only is not None:
+                self.unloaded.discard(only)
+            self.versions = fresh
+            self.problems = problems if only is None else [*self.problems, *problems]
+            self.ready = True
+            return problems
+
+    def unload(self, name: str) -> None:
+        """Stop serving ``name`` (404 if it is not served); in-flight requests finish normally."""
+        with self._lock:
+            if name not in self.versions:
+                raise ApiError(404, f"model {name!r} is not loaded")
+            self.versions = {key: value for key, value in self.versions.items() if key != name}
+            self.unloaded.add(name)
+            LOGGER.info("unloaded %s", name)
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
+        """The named model's ``version`` (latest when ``None``); 404 :class:`ApiError` otherwise."""
+        available = self.versions.get(name)
+        if not available:
+            known = ", ".join(sorted(self.versions)) or "none"
+            raise ApiError(404, f"model {name!r} not found (served models: {known})")
+        if version is None:
+            return available[max(available)]
+        if version not in available:
+            versions = ", ".join(str(v) for v in sorted(available))
+            raise ApiError(404, f"model {name!r} has no version {version} (served versions: {versions})")
+        return available[version]
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        snapshot = self.versions
+        for name in sorted(snapshot):
+            for version in sorted(snapshot[name]):
+                yield snapshot[name][version]
+
+
+class Inference:
+    """Runs ``LoadedModel.run`` off the event loop on ``workers`` threads with a bounded wait queue."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="covserve-infer")
+        self._slots = asyncio.Semaphore(settings.workers + settings.max_queue)
+        self._capacity = settings.workers + settings.max_queue
+        self._metrics = metrics
+
+    async def run(self, model: LoadedModel, inputs: NDArray[np.float64]) -> Prediction:
+        """Predict ``inputs`` ``(B, M)``; 503 with ``Retry-After`` when the queue is full."""
+        prediction, _, _ = await self.run_timed(model, inputs)
+        return prediction
+
+    async def run_timed(
+        self, model: LoadedModel, inputs: NDArray[np.float64]
+    ) -> tuple[Prediction, float, float]:
+        """As :meth:`run`, also returning the seconds spent queued and in ``session.run``."""
+        if self._slots.locked():
+            raise ApiError(
+                503,
+                f"server busy: {self._capacity} requests already queued or running; retry later",
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        name = model.version.name
+        async with self._slots:
+            queued = time.perf_counter()
+            loop = asyncio.get_running_loop()
+
+            def timed() -> tuple[Prediction, float, float]:
+                started = time.perf_counter()
+                prediction = model.run(inputs)
+                return prediction, started, time.perf_counter()
+
+            prediction, started, finished = await loop.run_in_executor(self._executor, timed)
+        self._metrics.queue_duration.labels(name).observe(started - queued)
+        self._metrics.inference_duration.labels(name).observe(finished - started)
+        self._metrics.batch_size.labels(name).observe(len(inputs))
+        return prediction, started - queued, finished - started
+
+    def shutdown(self) -> None:
+        """Wait for running inferences and stop the worker threads."""
+        self._executor.shutdown(wait=True)

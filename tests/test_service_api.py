@@ -1,0 +1,214 @@
+"""The native HTTP API against a real uvicorn server on 127.0.0.1 over a real two-model repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service import Settings, gaussian
+from tests.service_fixtures import export_tiny_model, running_server
+
+SERVE = str(Path(sys.executable).parent / "covserve-serve")
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
+    export_tiny_model(root, "beta", in_dim=2, out_dim=3, kind="sqrt", seed=1)
+    export_tiny_model(root, "beta", in_dim=2, out_dim=3, kind="sqrt", seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[str]:
+    with running_server(
+        Settings(repository=repository, max_rows=50, max_body_bytes=20_000, threads=1)
+    ) as url:
+        yield url
+
+
+def _onnx(repository: Path, name: str, version: int, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(repository / name / str(version) / "model.onnx"))
+    names = [output.name for output in session.get_outputs()]
+    values = session.run(None, {"x": inputs.astype(np.float32)})
+    return dict(zip(names, values, strict=True))
+
+
+def test_health_and_model_listing(server: str) -> None:
+    assert httpx.get(f"{server}/v2/health/live").status_code == 200
+    assert httpx.get(f"{server}/v2/health/ready").status_code == 200
+    listing = httpx.get(f"{server}/v1/models").json()
+    served = {(model["name"], model["version"]) for model in listing["models"]}
+    assert served == {("alpha", 1), ("beta", 1), ("beta", 2)}
+    beta = next(model for model in listing["models"] if model["name"] == "beta")
+    assert beta["targets"] == ["y0", "y1", "y2"]
+    assert beta["provider"] == "CPUExecutionProvider"
+
+
+def test_predict_equals_the_onnx_outputs_and_is_spd(server: str, repository: Path) -> None:
+    inputs = np.random.default_rng(3).normal(size=(7, 3)) * 2
+    response = httpx.post(f"{server}/v1/models/alpha/predict", json={"inputs": inputs.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"], body["targets"]) == ("alpha", 1, ["y0", "y1"])
+    reference = _onnx(repository, "alpha", 1, inputs)
+    mean, covariance = np.asarray(body["outputs"]["mean"]), np.asarray(body["outputs"]["covariance"])
+    np.testing.assert_allclose(mean, reference["mean"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(covariance, reference["covariance"], rtol=1e-5, atol=1e-6)
+    assert gaussian.is_symmetric_positive_definite(covariance).all()
+    assert np.array_equal(covariance, covariance.transpose(0, 2, 1))
+
+
+def test_every_output_and_instances_by_feature_name(server: str, repository: Path) -> None:
+    inputs = np.array([[0.5, -1.0], [2.0, 3.0]])
+    outputs = ["mean", "covariance", "std", "correlation", "scale", "interval", "mahalanobis_ood"]
+    instances = [{"x0": float(row[0]), "x1": float(row[1])} for row in inputs]
+    body = httpx.post(
+        f"{server}/v1/models/beta/versions/1/predict",
+        json={"instances": instances, "outputs": outputs, "level": 0.8},
+    ).json()["outputs"]
+    reference = _onnx(repository, "beta", 1, inputs)
+    covariance = np.asarray(body["covariance"])
+    np.testing.assert_allclose(
+        np.asarray(body["std"]) ** 2, np.diagonal(covariance, axis1=1, axis2=2), rtol=1e-9
+    )
+    np.testing.assert_allclose(body["correlation"], gaussian.correlation(covariance), rtol=1e-9)
+    scale = np.asarray(body["scale"])
+    np.testing.assert_allclose(scale @ scale.transpose(0, 2, 1), covariance, rtol=1e-4, atol=1e-6)
+    lower, upper = gaussian.marginal_intervals(np.asarray(body["mean"]), covariance, 0.8)
+    np.testing.assert_allclose(body["interval"]["lower"], lower, rtol=1e-9)
+    np.testing.assert_allclose(body["interval"]["upper"], upper, rtol=1e-9)
+    metadata = json.loads((repository / "beta" / "1" / "model.json").read_text())
+    centred = inputs - np.asarray(metadata["training_inputs"]["mean"])
+    precision = np.linalg.inv(np.asarray(metadata["training_inputs"]["covariance"]))
+    expected = np.sqrt(np.einsum("bi,ij,bj->b", centred, precision, centred))
+    np.testing.assert_allclose(body["mahalanobis_ood"], expected, rtol=1e-6)
+    np.testing.assert_allclose(body["mean"], reference["mean"], rtol=1e-6, atol=1e-6)
+
+
+def test_latest_version_is_the_default(server: str, repository: Path) -> None:
+    inputs = np.array([[1.0, 1.0]])
+    latest = httpx.post(f"{server}/v1/models/beta/predict", json={"inputs": inputs.tolist()}).json()
+    assert latest["version"] == 2
+    np.testing.assert_allclose(
+        latest["outputs"]["mean"], _onnx(repository, "beta", 2, inputs)["mean"], rtol=1e-6
+    )
+
+
+def test_condition_equals_gaussian_conditioning_of_the_onnx_outputs(server: str, repository: Path) -> None:
+    inputs = np.array([[0.0, 1.0], [2.0, -1.0]])
+    observed = [{"y1": 0.5}, {"y0": -1.0, "y2": 2.0}]
+    response = httpx.post(
+        f"{server}/v1/models/beta/condition", json={"inputs": inputs.tolist(), "observed": observed}
+    )
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    reference = _onnx(repository, "beta", 2, inputs)
+    for index, (indices, values) in enumerate([([1], [0.5]), ([0, 2], [-1.0, 2.0])]):
+        mean, covariance = gaussian.condition(
+            reference["mean"][index : index + 1].astype(np.float64),
+            reference["covariance"][index : index + 1].astype(np.float64),
+            indices,
+            np.asarray([values]),
+        )
+        np.testing.assert_allclose(rows[index]["mean"], mean[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rows[index]["covariance"], covariance[0], rtol=1e-4, atol=1e-5)
+        assert gaussian.is_symmetric_positive_definite(np.asarray([rows[index]["covariance"]])).all()
+    assert rows[0]["targets"] == ["y0", "y2"]
+    assert rows[1]["targets"] == ["y1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/models/gamma/predict", {"inputs": [[1, 2, 3]]}, 404, "gamma"),
+        ("/v1/models/beta/versions/9/predict", {"inputs": [[1, 2]]}, 404, "version 9"),
+        ("/v1/models/alpha/predict", {"inputs": [[1, 2]]}, 400, "expected rows of 3 features"),
+        ("/v1/models/alpha/predict", {"inputs": []}, 400, "at least one row"),
+        ("/v1/models/alpha/predict", {"inputs": [[1, 2, 3]] * 51}, 413, "at most 50 rows"),
+        ("/v1/models/alpha/predict", {"inputs": [[1, 2, 3]], "outputs": ["median"]}, 400, "outputs"),
+        ("/v1/models/alpha/predict", {"inputs": [[1, 2, 3]], "level": 1.5}, 400, "level"),
+        ("/v1/models/alpha/predict", {"inputs": [[1, "a", 3]]}, 400, "inputs"),
+        ("/v1/models/alpha/predict", {"rows": [[1, 2, 3]]}, 400, "rows"),
+        ("/v1/models/alpha/predict", {"instances": [{"x0": 1}]}, 400, "missing ['x1', 'x2']"),
+        ("/v1/models/alpha/predict", {"inputs": [[1e400, 2, 3]]}, 400, "infinity"),
+        ("/v1/models/beta/condition", {"inputs": [[1, 2]], "observed": [{"y9": 1}]}, 400, "observed[0]"),
+        ("/v1/models/beta/condition", {"inputs": [[1, 2]], "observed": []}, 400, "one mapping per input row"),
+        ("/v1/nothing", {}, 404, "route not found"),
+    ],
+)
+def test_bad_requests_get_their_status_and_a_json_error(
+    server: str, path: str, body: object, status: int, message: str
+) -> None:
+    response = httpx.post(f"{server}{path}", content=json.dumps(body).replace("Infinity", "1e400"))
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_malformed_json_and_oversized_bodies(server: str) -> None:
+    broken = httpx.post(f"{server}/v1/models/alpha/predict", content=b"{inputs: [")
+    assert broken.status_code == 400
+    assert "invalid JSON" in broken.json()["error"]
+    huge = httpx.post(f"{server}/v1/models/alpha/predict", content=b" " * 30_000)
+    assert huge.status_code == 413
+    assert "at most 20000 bytes" in huge.json()["error"]
+
+
+def test_metrics_count_requests_and_monitor_uncertainty(server: str) -> None:
+    httpx.post(f"{server}/v1/models/alpha/predict", json={"inputs": [[0.0, 0.0, 0.0]]})
+    text = httpx.get(f"{server}/metrics").text
+    assert (
+        'covserve_requests_total{code="200",model="alpha",route="/v1/models/{name}/predict",version=""}'
+        in text
+    )
+    assert 'covserve_model_info{model="beta",provider="CPUExecutionProvider",version="2"} 1.0' in text
+    for family in ("request_duration_seconds", "queue_duration_seconds", "inference_duration_seconds"):
+        assert f"covserve_{family}_bucket" in text
+    assert 'covserve_predicted_log_det_count{model="alpha"}' in text
+    assert 'covserve_input_mahalanobis_count{model="alpha"}' in text
+
+
+def test_auth_protects_inference_but_not_health(repository: Path) -> None:
+    settings = Settings(repository=repository, api_keys=["s3cret", "other"], threads=1)
+    with running_server(settings) as url:
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        denied = httpx.post(f"{url}/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]})
+        assert denied.status_code == 401
+        assert "authorization" in denied.json()["error"]
+        wrong = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        allowed = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer other"})
+        assert allowed.status_code == 200
+        assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--port", "abc"], "--port"), (["--max-rows", "0"], "--max-rows"), (["--device", "gpu"], "--device")],
+)
+def test_serve_cli_rejects_bad_flags_in_one_line(flags: list[str], message: str) -> None:
+    result = subprocess.run([SERVE, *flags], capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
+def test_serve_cli_explains_a_missing_cuda_provider(repository: Path) -> None:
+    result = subprocess.run(
+        [SERVE, "--device", "cuda", "--repository", str(repository)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "covserve[gpu]" in result.stderr
