@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service import gaussian
+from service._body import read_body
 from service._errors import ApiError
 from service._runtime import LoadedModel, Prediction
 
@@ -201,7 +202,7 @@ def _respond(payload: dict[str, Any]) -> Response:
 async def _predict(request: Request, name: str, version: int | None) -> Response:
     state = request.app.state
     model = state.models.get(name, version)
-    body = _parse(await request.body(), PredictRequest)
+    body = _parse(await read_body(request), PredictRequest)
     inputs = _rows(body, model, state.settings.max_rows)
     prediction = _checked(await state.inference.run(model, inputs), model)
     _monitor(state, model, prediction, inputs)
@@ -244,7 +245,7 @@ async def condition(request: Request, name: str) -> Response:
     covariance of the unobserved targets given the observed ones (Gaussian conditioning)."""
     state = request.app.state
     model = state.models.get(name, None)
-    body = _parse(await request.body(), ConditionRequest)
+    body = _parse(await read_body(request), ConditionRequest)
     inputs = _rows(body, model, state.settings.max_rows)
     if len(body.observed) != len(inputs):
         raise ApiError(

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from service._body import read_body
 from service._errors import ApiError
 from service._oip import HEADER_LENGTH_HEADER, encode_infer_response, parse_infer_request
 from service._runtime import LoadedModel
@@ -169,7 +170,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     )
     try:
         decoded = parse_infer_request(
-            await request.body(),
+            await read_body(request),
             request.headers.get(HEADER_LENGTH_HEADER),
             state.settings.max_rows * model.version.in_dim,
         )

@@ -27,6 +27,7 @@ MODULES = [
     "service.cli",
     "service.gaussian",
     "service._app",
+    "service._body",
     "service._errors",
     "service._metrics",
     "service._models",

@@ -1034,10 +1034,6 @@ def test_concurrent_valid_requests_get_200_or_503_with_retry_after(
 
 
 # ---------------------------------------------------------------------------------------------- known issues
-@pytest.mark.xfail(
-    reason="service/_app.py checks max_body_bytes against Content-Length only: a chunked body is read whole",
-    strict=False,
-)
 def test_chunked_body_over_the_limit_is_413(client: httpx.Client) -> None:
     document = _json_bytes({"inputs": [[1.0, 2.0]]})
     padded = document[:-1] + b" " * (2 * MAX_BODY_BYTES) + b"}"
