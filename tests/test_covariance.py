@@ -23,7 +23,7 @@ EXTREME = 1e4
 
 
 def _raw(pattern: str, batch: int, size: int, dtype: torch.dtype) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(hash(pattern) % 2**31)
+    generator = torch.Generator().manual_seed(PATTERNS.index(pattern))
     normal = torch.randn(batch, size, generator=generator, dtype=dtype)
     return {
         "normal": normal,
@@ -83,7 +83,7 @@ def test_log_det_whiten_and_solve_match_dense_linear_algebra(kind: CovarianceKin
     sigma = result.covariance()
     rhs = torch.randn(16, dim, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
-    torch.testing.assert_close(result.log_det(), torch.logdet(sigma), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(result.log_det(), torch.logdet(sigma), rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(result.solve(rhs), torch.linalg.solve(sigma, rhs), rtol=1e-9, atol=1e-9)
     whitened = result.whiten(rhs)
     torch.testing.assert_close(
