@@ -15,6 +15,7 @@ import training
 
 MODULES = [
     "training",
+    "training.atomic",
     "training.cli",
     "training.covariance",
     "training.gaussian",

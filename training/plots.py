@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeGuard
@@ -35,6 +34,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
+
+from training.atomic import write_atomically
 
 __all__ = [
     "DPI",
@@ -601,17 +602,5 @@ def _new_figure(rows: int, columns: int) -> Figure:
 
 
 def _save_atomically(figure: Figure, path: StrPath) -> Path:
-    """Write ``figure`` as a PNG to ``path`` through a temporary file and ``os.replace``; return ``path``."""
-    destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("xb") as handle:
-            figure.savefig(handle, format="png", dpi=DPI)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return destination
+    """Write ``figure`` as a PNG to ``path`` atomically; return ``path``."""
+    return write_atomically(Path(path), lambda handle: figure.savefig(handle, format="png", dpi=DPI))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import yaml
 
 from training import plots
+from training.atomic import write_atomically
 from training.config import RunConfig
 from training.data import Table
 from training.metrics import calibration
@@ -20,12 +20,7 @@ __all__ = ["RunDirectory", "create_run_directory"]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 class RunDirectory:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.atomic import write_atomically
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import Split, Table
 from training.errors import UsageError
@@ -101,12 +102,7 @@ def _criterion(config: TrainConfig) -> str:
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
