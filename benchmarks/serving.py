@@ -1,21 +1,22 @@
 """Serving throughput and latency of covserve, next to two ceilings measured in the same run.
 
-    python benchmarks/serving.py                 # concurrency 1, 16, 64; 10 s per cell (about 3.5 minutes)
+    python benchmarks/serving.py                 # concurrency 1, 16, 64; 5 s per cell (about 3.5 minutes)
     python benchmarks/serving.py --quick         # concurrency 1, 16; 0.5 s per cell, a smoke test (< 60 s)
     python benchmarks/serving.py --output benchmarks/results/serving.md [--seconds S]
 
 A demo-shaped model (4 inputs → 4 targets, sqrt parameterisation, width 32, depth 5; random weights, the
 cost of a forward pass does not depend on training) is exported into a temporary repository and served on
 127.0.0.1 by ``python -m service --threads 1 --workers 2 --device cpu`` in its own process, so the load
-generator and the server do not share a GIL. The load generator is asyncio with one ``httpx.AsyncClient``
-and one keep-alive connection per concurrent caller; each caller sends its next request as soon as the
-last one is answered. A cell warms up for a fifth of its duration, then runs for ``--seconds``; responses
-are read in full and their status checked, and one response per cell is decoded and its shapes checked.
+generator and the server do not share a GIL. The load generator is asyncio streams sending pre-encoded
+HTTP/1.1 requests (see :class:`Connection`), one keep-alive connection per concurrent caller; each caller
+sends its next request as soon as the last one is answered. A cell warms up for a fifth of its duration,
+then runs for ``--seconds``; responses are read in full and their status checked, and one response per
+cell is decoded and its shapes checked.
 
 Cells: single-row and 256-row requests, as native JSON (``POST /v1/models/{m}/predict``, default outputs
 mean and covariance) and as OIP binary (``POST /v2/models/{m}/infer``, a binary FP32 input and binary
-``mean`` and ``covariance`` outputs, built with ``tritonclient.http``). The service has no dynamic batching
-yet, so every cell is "batching off".
+``mean`` and ``covariance`` outputs, built with ``tritonclient.http``), each against a server with dynamic
+batching off and one with it on (``--max-queue-delay-ms 2 --max-batch-size 1024``).
 
 Ceilings: (1) ``onnxruntime.InferenceSession.run`` on 256-row batches in this process with one intra-op
 thread; (2) a bare FastAPI route echoing the single-row JSON body, served by uvicorn in its own process, at
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -74,12 +75,13 @@ BATCH_ROWS = 256
 ROW_COUNTS = (1, BATCH_ROWS)
 FULL_CONCURRENCY = (1, 16, 64)
 QUICK_CONCURRENCY = (1, 16)
-FULL_SECONDS = 10.0
+FULL_SECONDS = 5.0
 QUICK_SECONDS = 0.5
 WARM_UP_FRACTION = 0.2
 RAW_WARM_UP_RUNS = 20
 SERVER_THREADS = 1
 SERVER_WORKERS = 2
+BATCHING = {"off": [], "on": ["--max-queue-delay-ms", "2", "--max-batch-size", "1024"]}
 
 ECHO_TARGET = 0.7
 RAW_TARGET = 0.5
@@ -115,7 +117,52 @@ async def echo(request: Request) -> Response:
     return Response(await request.body(), media_type="{JSON_CONTENT_TYPE}")
 '''
 
-Check = Callable[[httpx.Response], None]
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP response as the load generator reads it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+Check = Callable[[Reply], None]
+
+
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client connection: one pre-encoded request at a time.
+
+    A load generator must cost far less than the server it measures, and on a 2-core machine an httpx
+    request costs more CPU than the covserve request it times. Here a request is one ``write`` of bytes
+    built once per cell, and a response is its head plus ``Content-Length`` bytes (the only framing the
+    measured servers use; anything else is an error).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> Reply:
+        self._writer.write(request)
+        head = (await self._reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, value in (line.split(":", 1) for line in head[1:] if line)
+        }
+        if "content-length" not in headers:
+            raise RuntimeError(f"response without Content-Length (status {status}): not supported here")
+        return Reply(status, headers, await self._reader.readexactly(int(headers["content-length"])))
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()
 
 
 @dataclass(frozen=True)
@@ -128,6 +175,12 @@ class Load:
     body: bytes
     headers: dict[str, str]
     check: Check
+
+    def request(self, host: str, port: int) -> bytes:
+        """The whole HTTP/1.1 request, encoded once per cell."""
+        headers = {"Host": f"{host}:{port}", **self.headers, "Content-Length": str(len(self.body))}
+        head = f"POST {self.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return (head + "\r\n").encode("latin-1") + self.body
 
 
 @dataclass(frozen=True)
@@ -238,24 +291,29 @@ def _raw_ceiling(model_path: Path, seconds: float) -> RawCeiling:
 # ------------------------------------------------------------------------------------------------ requests
 
 
-def _covariance_check(rows: int, covariance: Callable[[httpx.Response], NDArray[np.float64]]) -> Check:
-    def check(response: httpx.Response) -> None:
-        response.raise_for_status()
-        shape = covariance(response).shape
+def _ok(reply: Reply) -> None:
+    if reply.status != HTTPStatus.OK:
+        raise RuntimeError(f"expected status 200, got {reply.status}: {reply.body[:LOG_TAIL_CHARACTERS]!r}")
+
+
+def _covariance_check(rows: int, covariance: Callable[[Reply], NDArray[np.float64]]) -> Check:
+    def check(reply: Reply) -> None:
+        _ok(reply)
+        shape = covariance(reply).shape
         if shape != (rows, OUT_DIM, OUT_DIM):
             raise RuntimeError(f"covariance: expected shape {(rows, OUT_DIM, OUT_DIM)}, got {shape}")
 
     return check
 
 
-def _native_covariance(response: httpx.Response) -> NDArray[np.float64]:
-    return np.asarray(response.json()["outputs"]["covariance"], dtype=np.float64)
+def _native_covariance(reply: Reply) -> NDArray[np.float64]:
+    return np.asarray(json.loads(reply.body)["outputs"]["covariance"], dtype=np.float64)
 
 
-def _oip_covariance(response: httpx.Response) -> NDArray[np.float64]:
-    length = response.headers.get(HEADER_LENGTH_HEADER)
+def _oip_covariance(reply: Reply) -> NDArray[np.float64]:
+    length = reply.headers.get(HEADER_LENGTH_HEADER.lower())
     result = httpclient.InferenceServerClient.parse_response_body(
-        response.content, header_length=None if length is None else int(length)
+        reply.body, header_length=None if length is None else int(length)
     )
     return np.asarray(result.as_numpy("covariance"), dtype=np.float64)
 
@@ -291,9 +349,9 @@ def _oip_load(rows: int) -> Load:
 def _echo_load() -> Load:
     native = _native_load(1)
 
-    def check(response: httpx.Response) -> None:
-        response.raise_for_status()
-        if response.content != native.body:
+    def check(reply: Reply) -> None:
+        _ok(reply)
+        if reply.body != native.body:
             raise RuntimeError("echo: the response body differs from the request body")
 
     return Load("bare FastAPI echo", 1, ECHO_PATH, native.body, native.headers, check)
@@ -339,9 +397,17 @@ def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> N
     raise RuntimeError(f"the server was not ready within {STARTUP_TIMEOUT_SECONDS:.0f} s")
 
 
+@dataclass(frozen=True)
+class Server:
+    """A server process under test: its port and pid."""
+
+    port: int
+    pid: int
+
+
 @contextmanager
-def _server(arguments: list[str], log: Path) -> Iterator[tuple[str, int]]:
-    """Run ``python <arguments> --port P`` on a free port until ready; yields its base URL and pid."""
+def _server(arguments: list[str], log: Path) -> Iterator[Server]:
+    """Run ``python <arguments> --port P`` on a free port until ready."""
     port = _free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -350,7 +416,7 @@ def _server(arguments: list[str], log: Path) -> Iterator[tuple[str, int]]:
         try:
             base_url = f"http://{HOST}:{port}"
             _wait_ready(base_url, process, log)
-            yield base_url, process.pid
+            yield Server(port, process.pid)
         finally:
             process.terminate()
             try:
@@ -396,47 +462,43 @@ def _echo_arguments(app_dir: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------------ load
 
 
-async def _phase(clients: list[httpx.AsyncClient], load: Load, seconds: float) -> tuple[list[float], int]:
-    """One closed-loop caller per client for ``seconds``: successful latencies (s) and failure count."""
+async def _phase(connections: list[Connection], request: bytes, seconds: float) -> tuple[list[float], int]:
+    """One closed-loop caller per connection for ``seconds``: successful latencies (s) and failure count."""
     deadline = time.perf_counter() + seconds
     latencies: list[float] = []
     failures: list[int] = []
 
-    async def caller(client: httpx.AsyncClient) -> None:
+    async def caller(connection: Connection) -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            response = await client.post(load.path, content=load.body, headers=load.headers)
-            if response.status_code == HTTPStatus.OK:
+            reply = await connection.send(request)
+            if reply.status == HTTPStatus.OK:
                 latencies.append(time.perf_counter() - started)
             else:
-                failures.append(response.status_code)
+                failures.append(reply.status)
 
-    await asyncio.gather(*(caller(client) for client in clients))
+    await asyncio.gather(*(caller(connection) for connection in connections))
     return latencies, len(failures)
 
 
-async def _drive(base_url: str, server_pid: int, load: Load, concurrency: int, seconds: float) -> Cell:
-    """``concurrency`` callers, each with its own client and connection (httpcore's pool spends time
-    proportional to connections × waiting requests on every request, encode/httpx#3215, so one shared
-    64-connection client would measure the client)."""
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False
-                )
-            )
-            for _ in range(concurrency)
-        ]
-        load.check(await clients[0].post(load.path, content=load.body, headers=load.headers))
-        await _phase(clients, load, seconds * WARM_UP_FRACTION)
-        server_cpu, client_cpu = _cpu_seconds(server_pid), time.process_time()
+async def _drive(server: Server, load: Load, concurrency: int, seconds: float) -> Cell:
+    """``concurrency`` callers, each with its own keep-alive connection."""
+    connections = [await Connection.open(HOST, server.port) for _ in range(concurrency)]
+    try:
+        request = load.request(HOST, server.port)
+        load.check(await connections[0].send(request))
+        await _phase(connections, request, seconds * WARM_UP_FRACTION)
+        server_cpu, client_cpu = _cpu_seconds(server.pid), time.process_time()
         started = time.perf_counter()
-        latencies, errors = await _phase(clients, load, seconds)
+        latencies, errors = await asyncio.wait_for(
+            _phase(connections, request, seconds), seconds + REQUEST_TIMEOUT_SECONDS
+        )
         elapsed = time.perf_counter() - started
-        server_cores = (_cpu_seconds(server_pid) - server_cpu) / elapsed
+        server_cores = (_cpu_seconds(server.pid) - server_cpu) / elapsed
         client_cores = (time.process_time() - client_cpu) / elapsed
+    finally:
+        for connection in connections:
+            await connection.close()
     percentiles = np.percentile(latencies, PERCENTILES) * MILLISECONDS
     return Cell(
         load.protocol,
@@ -451,8 +513,8 @@ async def _drive(base_url: str, server_pid: int, load: Load, concurrency: int, s
     )
 
 
-def _measure(base_url: str, server_pid: int, load: Load, concurrency: int, seconds: float) -> Cell:
-    return asyncio.run(_drive(base_url, server_pid, load, concurrency, seconds))
+def _measure(server: Server, load: Load, concurrency: int, seconds: float) -> Cell:
+    return asyncio.run(_drive(server, load, concurrency, seconds))
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -499,6 +561,19 @@ def _command(quick: bool, seconds: float | None) -> str:
     return f"python benchmarks/serving.py{flags}"
 
 
+def _section(mode: str, cells: list[Cell], header: str, rule: str) -> list[str]:
+    return [
+        f"## covserve, batching {mode}",
+        "",
+        f"Server flags: `{' '.join(BATCHING[mode]) or '(defaults: --max-queue-delay-ms 0)'}`.",
+        "",
+        header,
+        rule,
+        *(_cell_line(cell) for cell in cells),
+        "",
+    ]
+
+
 def main() -> None:
     """Run the benchmark, print the tables and write them to ``--output``."""
     parser = argparse.ArgumentParser(
@@ -520,37 +595,34 @@ def main() -> None:
         "",
         f"Command: `{_command(args.quick, args.seconds)}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        "Machine: "
-        + describe_machine(
-            ("ONNX Runtime", ort.__version__), ("uvicorn", uvicorn.__version__), ("httpx", httpx.__version__)
-        ),
+        "Machine: " + describe_machine(("ONNX Runtime", ort.__version__), ("uvicorn", uvicorn.__version__)),
         "",
         f"Model: {IN_DIM} inputs → {OUT_DIM} targets, {KIND} parameterisation, width {WIDTH}, depth {DEPTH}. "
         f"Server: `python -m service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} --device cpu` in "
-        f"its own process on {HOST}. Load: asyncio + httpx, closed loop, one client and keep-alive "
-        f"connection per caller, {seconds:g} s per cell after a {seconds * WARM_UP_FRACTION:g} s warm-up. "
-        "The load generator and the servers share the machine's CPUs; server and client CPU are in cores "
-        "(CPU seconds per wall second).",
+        f"its own process on {HOST}. Load: asyncio streams with pre-encoded HTTP/1.1 requests, closed loop, "
+        f"one keep-alive connection per caller, {seconds:g} s per cell after a "
+        f"{seconds * WARM_UP_FRACTION:g} s warm-up. The load generator and the servers share the machine's "
+        "CPUs; server and client CPU are in cores (CPU seconds per wall second).",
         "",
     ]
+    results: dict[str, list[Cell]] = {}
     with tempfile.TemporaryDirectory(prefix="covserve-serving-") as scratch:
         directory = Path(scratch)
         model_path = _export(directory / "models")
         raw = _raw_ceiling(model_path, seconds)
         print(f"raw session.run: {raw.rows_per_second:,.0f} rows/s", flush=True)
-        with _server(_echo_arguments(directory), directory / "echo.log") as (base_url, pid):
-            echo = _measure(base_url, pid, _echo_load(), top, seconds)
+        with _server(_echo_arguments(directory), directory / "echo.log") as echo_server:
+            echo = _measure(echo_server, _echo_load(), top, seconds)
         print(_cell_line(echo), flush=True)
         loads = [make(rows) for make in (_native_load, _oip_load) for rows in ROW_COUNTS]
-        cells: list[Cell] = []
-        with _server(_covserve_arguments(directory / "models"), directory / "covserve.log") as (
-            base_url,
-            pid,
-        ):
-            for load in loads:
-                for concurrency in concurrencies:
-                    cells.append(_measure(base_url, pid, load, concurrency, seconds))
-                    print(_cell_line(cells[-1]), flush=True)
+        for mode, flags in BATCHING.items():
+            arguments = [*_covserve_arguments(directory / "models"), *flags]
+            with _server(arguments, directory / f"covserve-{mode}.log") as server:
+                cells = results.setdefault(mode, [])
+                for load in loads:
+                    for concurrency in concurrencies:
+                        cells.append(_measure(server, load, concurrency, seconds))
+                        print(f"batching {mode}: " + _cell_line(cells[-1]), flush=True)
 
     header = (
         "| protocol | rows/request | concurrency | requests | errors | requests/s | rows/s | p50 ms | "
@@ -571,22 +643,15 @@ def main() -> None:
         rule,
         _cell_line(echo),
         "",
-        "## covserve, batching off",
-        "",
-        "The service has no dynamic batching yet: every request is one `session.run` of its own rows.",
-        "",
-        header,
-        rule,
-        *(_cell_line(cell) for cell in cells),
-        "",
-        "## Targets",
-        "",
-        *_targets(cells, echo, raw),
     ]
+    for mode, cells in results.items():
+        lines += _section(mode, cells, header, rule)
+    lines += ["## Targets", ""]
+    for mode, cells in results.items():
+        lines += [f"Batching {mode}:", "", *_targets(cells, echo, raw), ""]
     if args.quick:
-        lines += ["", "Quick mode: short cells and no concurrency 64; a smoke test, not a measurement."]
+        lines += ["Quick mode: short cells and no concurrency 64; a smoke test, not a measurement.", ""]
     lines += [
-        "",
         f"One-minute load average at the start and end of the run: {load_at_start:.2f} and "
         f"{os.getloadavg()[0]:.2f} (other processes on the machine compete for its CPUs).",
     ]

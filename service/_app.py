@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
@@ -16,31 +13,27 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from service._access import AccessMiddleware, error_body
 from service._errors import ApiError
+from service._inference import Inference
 from service._metrics import ServiceMetrics
-from service._models import Inference, ServedModels
+from service._models import ServedModels
+from service._native import ConditionRequest, PredictRequest
 from service._native import router as native_router
 from service._oip_routes import router as oip_router
+from service._openapi import with_schemas
 from service._repository_routes import router as repository_router
 from service._settings import Settings
 from service._version import __version__
 
 __all__ = ["create_app"]
 
-LOGGER = logging.getLogger("covserve.access")
-OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/redoc")
+LOGGER = logging.getLogger("covserve.service")
 SERVER_NAME = "covserve"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps({"error": message}), status_code=status, media_type="application/json", headers=headers
-    )
-
-
-def _route_label(request: Request) -> str:
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+    return Response(error_body(message), status_code=status, media_type="application/json", headers=headers)
 
 
 async def _poll(models: ServedModels, seconds: float) -> None:
@@ -80,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.models = ServedModels(settings, metrics)
     app.state.statistics = {}
-    keys = [key.encode() for key in settings.api_keys]
+    app.add_middleware(AccessMiddleware, settings=settings, metrics=metrics, keys=settings.bearer_keys())
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
@@ -101,51 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def unexpected(request: Request, error: Exception) -> Response:
         LOGGER.exception("unhandled error on %s", request.url.path)
         return _error(500, "internal error; the server log has the details")
-
-    def authorised(request: Request) -> bool:
-        supplied = request.headers.get("authorization", "")
-        token = supplied.removeprefix("Bearer ").encode() if supplied.startswith("Bearer ") else b""
-        return any(hmac.compare_digest(token, key) for key in keys)
-
-    @app.middleware("http")
-    async def account(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path
-        needs_key = (
-            keys and not path.startswith(OPEN_PATHS) and (path != "/metrics" or settings.protect_metrics)
-        )
-        if needs_key and not authorised(request):
-            return _error(401, "authorization: expected 'Bearer <api key>', got a missing or unknown key")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return _error(413, f"body: at most {settings.max_body_bytes} bytes, got {declared}")
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        started = time.perf_counter()
-        metrics.inflight.inc()
-        try:
-            response = await call_next(request)
-        finally:
-            metrics.inflight.dec()
-        elapsed = time.perf_counter() - started
-        parameters = request.scope.get("path_params", {})
-        model, version = str(parameters.get("name", "")), str(parameters.get("version", ""))
-        route = _route_label(request)
-        metrics.requests.labels(model, version, route, str(response.status_code)).inc()
-        metrics.request_duration.labels(model, route).observe(elapsed)
-        response.headers["x-request-id"] = request_id
-        LOGGER.info(
-            orjson.dumps(
-                {
-                    "request_id": request_id,
-                    "method": request.method,
-                    "path": path,
-                    "model": model,
-                    "version": version,
-                    "status": response.status_code,
-                    "seconds": round(elapsed, 6),
-                }
-            ).decode()
-        )
-        return response
 
     @app.get("/v2/health/live", tags=["health"], summary="Liveness: the process answers")
     async def live() -> Response:
@@ -170,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = with_schemas(app, (PredictRequest, ConditionRequest))  # type: ignore[method-assign]
     app.include_router(native_router)
     app.include_router(oip_router)
     app.include_router(repository_router)

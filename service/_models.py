@@ -1,27 +1,20 @@
-"""The set of served model versions and the bounded inference executor in front of them."""
+"""The set of served model versions, swapped atomically on reload."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
-from numpy.typing import NDArray
 
 from service._errors import ApiError
 from service._metrics import ServiceMetrics
 from service._repository import Problem, scan_repository
-from service._runtime import InvalidModelError, LoadedModel, Prediction, load_model
+from service._runtime import InvalidModelError, LoadedModel, load_model
 from service._settings import Settings
 
-__all__ = ["Inference", "ServedModels"]
+__all__ = ["ServedModels"]
 
 LOGGER = logging.getLogger("covserve.service")
-RETRY_AFTER_SECONDS = "1"
 
 
 class ServedModels:
@@ -107,48 +100,3 @@ class ServedModels:
         for name in sorted(snapshot):
             for version in sorted(snapshot[name]):
                 yield snapshot[name][version]
-
-
-class Inference:
-    """Runs ``LoadedModel.run`` off the event loop on ``workers`` threads with a bounded wait queue."""
-
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="covserve-infer")
-        self._slots = asyncio.Semaphore(settings.workers + settings.max_queue)
-        self._capacity = settings.workers + settings.max_queue
-        self._metrics = metrics
-
-    async def run(self, model: LoadedModel, inputs: NDArray[np.float64]) -> Prediction:
-        """Predict ``inputs`` ``(B, M)``; 503 with ``Retry-After`` when the queue is full."""
-        prediction, _, _ = await self.run_timed(model, inputs)
-        return prediction
-
-    async def run_timed(
-        self, model: LoadedModel, inputs: NDArray[np.float64]
-    ) -> tuple[Prediction, float, float]:
-        """As :meth:`run`, also returning the seconds spent queued and in ``session.run``."""
-        if self._slots.locked():
-            raise ApiError(
-                503,
-                f"server busy: {self._capacity} requests already queued or running; retry later",
-                {"Retry-After": RETRY_AFTER_SECONDS},
-            )
-        name = model.version.name
-        async with self._slots:
-            queued = time.perf_counter()
-            loop = asyncio.get_running_loop()
-
-            def timed() -> tuple[Prediction, float, float]:
-                started = time.perf_counter()
-                prediction = model.run(inputs)
-                return prediction, started, time.perf_counter()
-
-            prediction, started, finished = await loop.run_in_executor(self._executor, timed)
-        self._metrics.queue_duration.labels(name).observe(started - queued)
-        self._metrics.inference_duration.labels(name).observe(finished - started)
-        self._metrics.batch_size.labels(name).observe(len(inputs))
-        return prediction, started - queued, finished - started
-
-    def shutdown(self) -> None:
-        """Wait for running inferences and stop the worker threads."""
-        self._executor.shutdown(wait=True)

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service import gaussian
 from service._body import read_body
 from service._errors import ApiError
-from service._runtime import LoadedModel, Prediction
+from service._openapi import error_responses, json_body
+from service._runtime import FLOAT32_MAX, LoadedModel, Prediction, finite_in_float32
 
 __all__ = [
     "ConditionRequest",
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 DEFAULT_LEVEL = 0.9
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 JSON = "application/json"
 
 
@@ -133,7 +133,7 @@ def _rows(request: _Rows, model: LoadedModel, max_rows: int) -> NDArray[np.float
             f"got widths {sorted(widths)}",
         )
     array = np.asarray(rows, dtype=np.float64)
-    finite = _finite_in_float32(array)
+    finite = finite_in_float32(array)
     if not finite.all():
         row = int(np.argwhere(~finite)[0, 0])
         raise ApiError(
@@ -141,31 +141,6 @@ def _rows(request: _Rows, model: LoadedModel, max_rows: int) -> NDArray[np.float
             f"inputs[{row}]: expected finite numbers within ±{FLOAT32_MAX:.4g}, got NaN, infinity or beyond",
         )
     return array
-
-
-def _finite_in_float32(array: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Elementwise: finite once cast to float32, the models' dtype (1e39 would reach them as infinity)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite: NDArray[np.bool_] = np.isfinite(array.astype(np.float32))
-    return finite
-
-
-def _checked(prediction: Prediction, model: LoadedModel) -> Prediction:
-    """No NaN or non-SPD covariance leaves the process: such a prediction is a server-side failure."""
-    healthy = gaussian.is_symmetric_positive_definite(prediction.covariance) & np.isfinite(
-        prediction.mean
-    ).all(-1)
-    if not healthy.all():
-        row = int(np.argmin(healthy))
-        raise ApiError(500, f"model {model.version.name!r} produced an invalid covariance for row {row}")
-    return prediction
-
-
-def _mahalanobis(model: LoadedModel, inputs: NDArray[np.float64]) -> NDArray[np.float64]:
-    centred = inputs - model.version.training_mean
-    squared = np.einsum("bi,ij,bj->b", centred, model.version.training_precision, centred)
-    distance: NDArray[np.float64] = np.sqrt(np.maximum(squared, 0.0))
-    return distance
 
 
 def _selected(
@@ -191,7 +166,9 @@ def _selected(
             lower, upper = gaussian.marginal_intervals(prediction.mean, prediction.covariance, level)
             result["interval"] = {"level": level, "lower": lower, "upper": upper}
         else:
-            result["mahalanobis_ood"] = _mahalanobis(model, inputs)
+            result["mahalanobis_ood"] = gaussian.mahalanobis(
+                inputs, model.version.training_mean, model.version.training_precision
+            )
     return result
 
 
@@ -204,8 +181,7 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
     model = state.models.get(name, version)
     body = _parse(await read_body(request), PredictRequest)
     inputs = _rows(body, model, state.settings.max_rows)
-    prediction = _checked(await state.inference.run(model, inputs), model)
-    _monitor(state, model, prediction, inputs)
+    prediction = (await state.inference.run(model, inputs)).prediction
     outputs = body.outputs or list(DEFAULT_OUTPUTS)
     return _respond(
         {
@@ -217,29 +193,52 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
     )
 
 
-def _monitor(state: Any, model: LoadedModel, prediction: Prediction, inputs: NDArray[np.float64]) -> None:
-    """Feed the uncertainty monitors: predicted log det and input Mahalanobis distance per row."""
-    name = model.version.name
-    _, log_det = np.linalg.slogdet(prediction.covariance)
-    for value in log_det:
-        state.metrics.predicted_log_det.labels(name).observe(float(value))
-    for value in _mahalanobis(model, inputs):
-        state.metrics.input_mahalanobis.labels(name).observe(float(value))
+PREDICT_EXAMPLES = {
+    "rows": {"inputs": [[-1.5, 0.2, 3.1, 0.7]]},
+    "named features and chosen outputs": {
+        "instances": [{"x0": -1.5, "x1": 0.2, "x2": 3.1, "x3": 0.7}],
+        "outputs": ["mean", "std", "correlation", "interval", "mahalanobis_ood"],
+        "level": 0.95,
+    },
+}
+CONDITION_EXAMPLES = {"one observed target": {"inputs": [[-1.5, 0.2, 3.1, 0.7]], "observed": [{"y1": -2.0}]}}
+PREDICT_RESPONSE = {
+    "model": "demo",
+    "version": 1,
+    "targets": ["y0", "y1"],
+    "outputs": {"mean": [[-0.36, -1.72]], "covariance": [[[7.14, -0.59], [-0.59, 5.85]]]},
+}
+ERRORS = error_responses(400, 401, 404, 413, 503)
 
 
-@router.post("/models/{name}/predict", summary="Predict mean and covariance with the latest version")
+@router.post(
+    "/models/{name}/predict",
+    summary="Predict mean and covariance with the latest version",
+    openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLES),
+    responses={200: {"content": {JSON: {"example": PREDICT_RESPONSE}}}, **ERRORS},
+)
 async def predict_latest(request: Request, name: str) -> Response:
     """Body: ``{"inputs": [[x1, x2, ...]], "outputs": ["mean", "covariance", "interval"], "level": 0.9}``."""
     return await _predict(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/predict", summary="Predict with a given version")
+@router.post(
+    "/models/{name}/versions/{version}/predict",
+    summary="Predict with a given version",
+    openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLES),
+    responses={200: {"content": {JSON: {"example": PREDICT_RESPONSE}}}, **ERRORS},
+)
 async def predict_version(request: Request, name: str, version: int) -> Response:
     """As ``/v1/models/{name}/predict`` for one version."""
     return await _predict(request, name, version)
 
 
-@router.post("/models/{name}/condition", summary="Condition on observed targets")
+@router.post(
+    "/models/{name}/condition",
+    summary="Condition on observed targets",
+    openapi_extra=json_body(ConditionRequest, CONDITION_EXAMPLES),
+    responses=ERRORS,
+)
 async def condition(request: Request, name: str) -> Response:
     """Body: ``{"inputs": [[...]], "observed": [{"<target>": value}]}``; returns, per row, the mean and
     covariance of the unobserved targets given the observed ones (Gaussian conditioning)."""
@@ -265,7 +264,7 @@ async def condition(request: Request, name: str) -> Response:
                 f"observed[{index}]: expected finite numbers within ±{FLOAT32_MAX:.4g}, "
                 "got NaN, infinity or beyond",
             )
-    prediction = _checked(await state.inference.run(model, inputs), model)
+    prediction = (await state.inference.run(model, inputs)).prediction
     rows = []
     for index, observed in enumerate(body.observed):
         indices = [targets.index(key) for key in observed]

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response
 from service._body import read_body
 from service._errors import ApiError
 from service._oip import HEADER_LENGTH_HEADER, encode_infer_response, parse_infer_request
-from service._runtime import LoadedModel
+from service._runtime import FLOAT32_MAX, LoadedModel, finite_in_float32
 
 __all__ = [
     "InferenceStatistics",
@@ -35,7 +35,6 @@ INPUT_NAME = "x"
 OUTPUT_NAMES = ("mean", "covariance", "scale")
 PLATFORM = "onnxruntime_onnx"
 NANOSECONDS = 1_000_000_000
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 _VERSION_PATTERN = re.compile(r"[0-9]{1,18}")
 _MAX_ECHO = 80
 
@@ -179,10 +178,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         unknown = [output for output in requested if output not in OUTPUT_NAMES]
         if unknown:
             raise ApiError(400, f"outputs: expected names from {list(OUTPUT_NAMES)}, got {unknown}")
-        prediction, queue_seconds, compute_seconds = await state.inference.run_timed(model, inputs)
+        outcome = await state.inference.run(model, inputs)
     except ApiError:
         statistics.failure_count += 1
         raise
+    prediction = outcome.prediction
     arrays = {
         "mean": prediction.mean.astype(np.float32),
         "covariance": prediction.covariance.astype(np.float32),
@@ -196,8 +196,8 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     )
     statistics.success_count += 1
     statistics.inference_count += len(inputs)
-    statistics.queue_ns += int(queue_seconds * NANOSECONDS)
-    statistics.compute_ns += int(compute_seconds * NANOSECONDS)
+    statistics.queue_ns += int(outcome.queue_seconds * NANOSECONDS)
+    statistics.compute_ns += int(outcome.compute_seconds * NANOSECONDS)
     statistics.success_ns += time.perf_counter_ns() - started
     statistics.last_inference_ms = int(time.time() * 1000)
     return Response(body, headers=headers)
@@ -213,9 +213,8 @@ def _input_rows(inputs: tuple[Any, ...], model: LoadedModel) -> np.ndarray:
             400,
             f"inputs[0].shape: expected [B, {model.version.in_dim}] with B >= 1, got {list(tensor.shape)}",
         )
-    rows = np.asarray(tensor.data, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):  # the model runs in float32: 1e39 would be infinite
-        finite = np.isfinite(rows.astype(np.float32))
+    rows = np.asarray(tensor.data)
+    finite = finite_in_float32(rows)
     if not finite.all():
         row = int(np.argwhere(~finite)[0, 0])
         raise ApiError(
@@ -223,7 +222,7 @@ def _input_rows(inputs: tuple[Any, ...], model: LoadedModel) -> np.ndarray:
             f"inputs[0] row {row}: expected finite numbers within ±{FLOAT32_MAX:.4g}, "
             "got NaN, infinity or beyond",
         )
-    return rows
+    return rows.astype(np.float64, copy=False)
 
 
 def _register() -> None:

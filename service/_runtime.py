@@ -45,10 +45,12 @@ __all__ = [
     "LoadedModel",
     "Prediction",
     "available_cpus",
+    "finite_in_float32",
     "load_model",
 ]
 
 CPU_PROVIDER = "CPUExecutionProvider"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 """ONNX Runtime's CPU execution provider, always available."""
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -186,16 +188,28 @@ class LoadedModel:
             )
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise ValueError(f"inputs: expected a numeric array, got dtype {array.dtype}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            batch = np.ascontiguousarray(array, dtype=np.float32)
-        finite = np.isfinite(batch).all(axis=1)
+        finite = finite_in_float32(array).all(axis=1)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
             raise ValueError(
                 f"inputs: row {row} is not finite in float32 (NaN, infinite or beyond ±3.4e38; "
                 f"{int((~finite).sum())} such rows)"
             )
-        return batch
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def finite_in_float32(array: NDArray[Any]) -> NDArray[np.bool_]:
+    """Elementwise: finite and within ±float32 max, so the cast to the models' float32 stays finite.
+
+    For wider floats ``|x| <= max`` (false for NaN and ±inf) tests it without a cast or an overflow warning;
+    narrower floats and integers always fit, so only NaN and ±inf are refused.
+    """
+    finite: NDArray[np.bool_] = (
+        np.abs(array) <= FLOAT32_MAX
+        if array.dtype.kind == "f" and array.dtype.itemsize > 4
+        else np.isfinite(array)
+    )
+    return finite
 
 
 def available_cpus() -> int:

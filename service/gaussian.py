@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["condition", "correlation", "is_symmetric_positive_definite", "marginal_intervals"]
+__all__ = [
+    "condition",
+    "correlation",
+    "is_symmetric_positive_definite",
+    "log_det_if_positive_definite",
+    "mahalanobis",
+    "marginal_intervals",
+]
 
 Array = NDArray[np.float64]
 
@@ -64,20 +72,46 @@ def correlation(covariance: Array) -> Array:
     return result
 
 
+def mahalanobis(points: Array, mean: Array, precision: Array) -> Array:
+    """``(B,)`` distances ``√((x − μ)ᵀ P (x − μ))`` of ``points`` ``(B, M)`` to ``mean`` ``(M,)`` under the
+    precision ``P`` ``(M, M)`` (rounding below zero is clipped)."""
+    centred = points - mean
+    squared = np.einsum("bi,ij,bj->b", centred, precision, centred)
+    distance: Array = np.sqrt(np.maximum(squared, 0.0))
+    return distance
+
+
 def is_symmetric_positive_definite(covariance: Array) -> NDArray[np.bool_]:
     """``(B,)`` booleans: finite, symmetric to :data:`SYMMETRY_RTOL` and Cholesky-factorisable."""
+    healthy, _ = log_det_if_positive_definite(covariance)
+    return healthy
+
+
+def log_det_if_positive_definite(covariance: Array) -> tuple[NDArray[np.bool_], Array]:
+    """``(B,)`` booleans as :func:`is_symmetric_positive_definite` and ``(B,)`` log determinants.
+
+    One batched Cholesky factorisation serves both: ``log det Σ = 2 Σᵢ log Lᵢᵢ``; rows fall back to one
+    factorisation each only when the batch holds a failing matrix. Rows that are not positive definite get
+    a NaN log determinant.
+    """
     flat = covariance.reshape(*covariance.shape[:-2], -1)
     finite = np.isfinite(flat).all(axis=-1)
     with np.errstate(invalid="ignore"):
         scale = np.abs(flat).max(axis=-1)
         asymmetry = np.abs(covariance - np.swapaxes(covariance, -1, -2)).reshape(flat.shape).max(axis=-1)
-        result: NDArray[np.bool_] = finite & (asymmetry <= SYMMETRY_RTOL * scale)
+        healthy: NDArray[np.bool_] = finite & (asymmetry <= SYMMETRY_RTOL * scale)
+    log_det = np.full(healthy.shape, np.nan)
     try:
-        np.linalg.cholesky(covariance[result])
+        log_det[healthy] = _log_det(np.linalg.cholesky(covariance[healthy]))
     except np.linalg.LinAlgError:
-        for index in zip(*np.nonzero(result), strict=True):
+        for index in zip(*np.nonzero(healthy), strict=True):
             try:
-                np.linalg.cholesky(covariance[index])
+                log_det[index] = _log_det(np.linalg.cholesky(covariance[index]))
             except np.linalg.LinAlgError:
-                result[index] = False
+                healthy[index] = False
+    return healthy, log_det
+
+
+def _log_det(factor: NDArray[Any]) -> Array:
+    result: Array = 2.0 * np.log(np.diagonal(factor, axis1=-2, axis2=-1)).sum(axis=-1)
     return result

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from service import Settings
+from tests.service_fixtures import export_tiny_model, running_server
 from training.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +42,21 @@ def test_benchmark_quick_mode_writes_a_table(script: str, tmp_path: Path) -> Non
     assert text.count("\n| ") >= 3, text
 
 
-def test_the_readme_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+def _readme_python_blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    blocks = readme.split("```python\n")[1:]
-    assert blocks, "README.md has no python example"
-    for block in blocks:
-        exec(compile(block.split("```", 1)[0], "README.md", "exec"), {})
-    assert "torch.Size([32, 4, 4]) torch.Size([32])" in capsys.readouterr().out
+    return [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+
+
+def test_the_readme_python_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The training example as written; the client examples against a real server over a ``demo``-shaped
+    model (their ``localhost:8000`` replaced by the test server's address)."""
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 2, "README.md lacks the training or the tritonclient example"
+    export_tiny_model(tmp_path / "models", "demo", in_dim=4, out_dim=4, kind="sqrt", seed=0)
+    with running_server(Settings(repository=tmp_path / "models", threads=1)) as url:
+        for block in blocks:
+            code = block.replace("localhost:8000", url.removeprefix("http://"))
+            exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "torch.Size([32, 4, 4]) torch.Size([32])" in printed
+    assert "(1, 4) (1, 4, 4)" in printed

@@ -425,3 +425,17 @@ def test_service_gaussian_does_not_import_torch() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+
+
+def test_numpy_log_det_matches_slogdet_and_marks_the_failing_rows() -> None:
+    generator = np.random.default_rng(21)
+    factors = generator.normal(size=(6, 4, 4))
+    covariance = factors @ np.swapaxes(factors, -1, -2) + 0.1 * np.eye(4)
+    covariance[2] = -np.eye(4)  # negative definite
+    covariance[4, 0, 0] = np.nan
+    healthy, log_det = np_gaussian.log_det_if_positive_definite(covariance)
+    assert healthy.tolist() == [True, True, False, True, False, True]
+    assert np.isnan(log_det[~healthy]).all()
+    sign, want = np.linalg.slogdet(covariance[healthy])
+    assert (sign == 1).all()
+    np.testing.assert_allclose(log_det[healthy], want, rtol=1e-12, atol=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from service import Settings, gaussian
+from service._native import ConditionRequest, PredictRequest
 from tests.service_fixtures import export_tiny_model, running_server
 
 SERVE = str(Path(sys.executable).parent / "covserve-serve")
@@ -191,9 +193,51 @@ def test_auth_protects_inference_but_not_health(repository: Path) -> None:
         assert httpx.get(f"{url}/metrics").status_code == 200
 
 
+def test_key_file_protected_metrics_request_id_and_no_key_in_the_log(
+    repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# rotated 2026-11\n  file-key  \n\n", encoding="utf-8")
+    settings = Settings(repository=repository, api_key_file=keys, protect_metrics=True, threads=1)
+    key = {"Authorization": "Bearer file-key"}
+    with caplog.at_level(logging.INFO, logger="covserve.access"), running_server(settings) as url:
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        assert httpx.get(f"{url}/metrics", headers=key).status_code == 200
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        answered = httpx.post(
+            f"{url}/v1/models/alpha/predict",
+            json={"inputs": [[0, 0, 0]]},
+            headers={**key, "x-request-id": "trace-42"},
+        )
+        assert answered.status_code == 200
+        assert answered.headers["x-request-id"] == "trace-42"
+        fresh = httpx.get(f"{url}/v1/models", headers=key).headers["x-request-id"]
+        assert len(fresh) == 32
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "covserve.access"]
+    traced = [line for line in lines if line["request_id"] == "trace-42"]
+    assert traced == [
+        {
+            "request_id": "trace-42",
+            "method": "POST",
+            "path": "/v1/models/alpha/predict",
+            "model": "alpha",
+            "version": "",
+            "status": 200,
+            "seconds": traced[0]["seconds"],
+        }
+    ]
+    assert "file-key" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--port", "abc"], "--port"), (["--max-rows", "0"], "--max-rows"), (["--device", "gpu"], "--device")],
+    [
+        (["--port", "abc"], "--port"),
+        (["--max-rows", "0"], "--max-rows"),
+        (["--device", "gpu"], "--device"),
+        (["--max-queue-delay-ms", "-1"], "--max-queue-delay-ms"),
+        (["--api-key-file", "/nonexistent/keys.txt"], "/nonexistent/keys.txt"),
+    ],
 )
 def test_serve_cli_rejects_bad_flags_in_one_line(flags: list[str], message: str) -> None:
     result = subprocess.run([SERVE, *flags], capture_output=True, text=True, check=False, timeout=60)
@@ -212,3 +256,32 @@ def test_serve_cli_explains_a_missing_cuda_provider(repository: Path) -> None:
     )
     assert result.returncode == 2
     assert "covserve[gpu]" in result.stderr
+
+
+def _references(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _references(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _references(value)]
+    return []
+
+
+def test_openapi_documents_the_bodies_with_valid_examples(server: str) -> None:
+    document = httpx.get(f"{server}/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    for ref in _references(document):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+    routes: list[tuple[str, type[PredictRequest] | type[ConditionRequest]]] = [
+        ("/v1/models/{name}/predict", PredictRequest),
+        ("/v1/models/{name}/versions/{version}/predict", PredictRequest),
+        ("/v1/models/{name}/condition", ConditionRequest),
+    ]
+    for path, model in routes:
+        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"] == {"$ref": f"#/components/schemas/{model.__name__}"}
+        assert body["examples"]
+        for example in body["examples"].values():
+            model.model_validate(example["value"])
+        assert "413" in document["paths"][path]["post"]["responses"]
+    assert httpx.get(f"{server}/docs").status_code == 200

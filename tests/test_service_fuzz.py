@@ -70,11 +70,16 @@ def client(server: str) -> Iterator[httpx.Client]:
 def _post(
     client: httpx.Client, path: str, content: bytes, headers: dict[str, str] | None = None
 ) -> httpx.Response:
-    """POST and check the invariants every response holds; one retry on a dropped keep-alive connection."""
+    """POST and check the invariants every response holds; one retry on a dropped keep-alive connection.
+
+    Header values go out as UTF-8 bytes (httpx would refuse a non-ASCII ``str``), so fuzzed values such as
+    Arabic-Indic digits reach the server.
+    """
+    raw = {key.encode(): value.encode() for key, value in (headers or {}).items()}
     try:
-        response = client.post(path, content=content, headers=headers)
+        response = client.post(path, content=content, headers=raw)
     except (httpx.RemoteProtocolError, httpx.ReadError):
-        response = client.post(path, content=content, headers=headers)
+        response = client.post(path, content=content, headers=raw)
     _check_response(response, path, content)
     return response
 

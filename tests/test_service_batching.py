@@ -1,0 +1,224 @@
+"""Dynamic micro-batching: merged runs give every request its own rows' numbers, within the batch bound.
+
+The executor is driven directly (real ONNX Runtime sessions, real asyncio) where the test needs to control
+the arrival of requests, and through a real uvicorn server with the unmodified ``tritonclient.http.aio``
+where it checks the protocol path end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http.aio as triton_aio
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from service import Settings
+from service._inference import Inference, Outcome
+from service._metrics import LOG_DET_BUCKETS, ArrayHistogram, ServiceMetrics
+from service._models import ServedModels
+from service._runtime import LoadedModel
+from tests.service_fixtures import export_tiny_model, running_server
+
+TOLERANCE = 1e-6
+REQUESTS = 12
+DELAY_MS = 300.0
+LONG_DELAY_MS = 10_000.0
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
+    export_tiny_model(root, "gamma", in_dim=2, out_dim=4, kind="sqrt", seed=3)
+    return root
+
+
+def _served(repository: Path, **overrides: float) -> tuple[Settings, ServedModels, ServiceMetrics]:
+    settings = Settings(repository=repository, threads=1, **overrides)  # type: ignore[arg-type]
+    metrics = ServiceMetrics()
+    models = ServedModels(settings, metrics)
+    models.refresh()
+    return settings, models, metrics
+
+
+def _reference(repository: Path, name: str, inputs: np.ndarray) -> list[np.ndarray]:
+    """``mean`` and ``covariance`` straight from a fresh ONNX Runtime session (float32 in, float32 out)."""
+    session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"))
+    outputs = session.run(["mean", "covariance"], {"x": inputs.astype(np.float32)})
+    return [np.asarray(output, dtype=np.float64) for output in outputs]
+
+
+def _requests(in_dim: int, seed: int) -> list[np.ndarray]:
+    generator = np.random.default_rng(seed)
+    return [generator.normal(size=(int(rows), in_dim)) * 2.0 for rows in generator.integers(1, 5, REQUESTS)]
+
+
+async def _concurrently(
+    inference: Inference, model: LoadedModel, requests: list[np.ndarray]
+) -> list[Outcome]:
+    try:
+        return list(await asyncio.gather(*(inference.run(model, rows) for rows in requests)))
+    finally:
+        inference.shutdown()
+
+
+def _batch_sizes(metrics: ServiceMetrics, name: str) -> tuple[float, float]:
+    """``(runs, rows)`` counted by ``covserve_batch_size{model=name}``."""
+    runs = metrics.registry.get_sample_value("covserve_batch_size_count", {"model": name})
+    rows = metrics.registry.get_sample_value("covserve_batch_size_sum", {"model": name})
+    assert runs is not None
+    assert rows is not None
+    return runs, rows
+
+
+@pytest.mark.parametrize("name", ["alpha", "gamma"])
+def test_merged_runs_split_back_to_each_request(repository: Path, name: str) -> None:
+    settings, models, metrics = _served(repository, max_queue_delay_ms=DELAY_MS, max_batch_size=1000)
+    model = models.get(name)
+    requests = _requests(model.version.in_dim, seed=len(name))
+
+    async def scenario() -> list[Outcome]:
+        return await _concurrently(Inference(settings, metrics), model, requests)
+
+    outcomes = asyncio.run(scenario())
+    for rows, outcome in zip(requests, outcomes, strict=True):
+        mean, covariance = _reference(repository, name, rows)
+        assert outcome.prediction.mean.shape == mean.shape
+        np.testing.assert_allclose(outcome.prediction.mean, mean, rtol=TOLERANCE, atol=TOLERANCE)
+        np.testing.assert_allclose(outcome.prediction.covariance, covariance, rtol=TOLERANCE, atol=TOLERANCE)
+        assert outcome.batch_rows == sum(len(r) for r in requests)
+    runs, total = _batch_sizes(metrics, name)
+    assert (runs, total) == (1, sum(len(r) for r in requests))
+
+
+def test_batching_off_runs_every_request_alone(repository: Path) -> None:
+    settings, models, metrics = _served(repository, max_queue_delay_ms=0.0)
+    model = models.get("alpha")
+    requests = _requests(3, seed=7)
+
+    async def scenario() -> list[Outcome]:
+        return await _concurrently(Inference(settings, metrics), model, requests)
+
+    outcomes = asyncio.run(scenario())
+    assert [outcome.batch_rows for outcome in outcomes] == [len(rows) for rows in requests]
+    assert _batch_sizes(metrics, "alpha") == (REQUESTS, sum(len(r) for r in requests))
+
+
+def test_a_full_batch_does_not_wait_for_the_delay(repository: Path) -> None:
+    settings, models, metrics = _served(repository, max_queue_delay_ms=LONG_DELAY_MS, max_batch_size=4)
+    model = models.get("alpha")
+    requests = [np.full((1, 3), float(i)) for i in range(8)]
+
+    async def scenario() -> tuple[list[Outcome], float]:
+        started = time.perf_counter()
+        outcomes = await _concurrently(Inference(settings, metrics), model, requests)
+        return outcomes, time.perf_counter() - started
+
+    outcomes, seconds = asyncio.run(scenario())
+    assert [outcome.batch_rows for outcome in outcomes] == [4] * 8
+    assert seconds < LONG_DELAY_MS / 1000.0 / 2
+    assert _batch_sizes(metrics, "alpha") == (2, 8)
+
+
+def test_a_request_larger_than_the_batch_runs_alone_and_flushes_the_waiting_ones(repository: Path) -> None:
+    settings, models, metrics = _served(repository, max_queue_delay_ms=LONG_DELAY_MS, max_batch_size=4)
+    model = models.get("alpha")
+    requests = [np.zeros((1, 3)), np.ones((6, 3))]
+
+    async def scenario() -> list[Outcome]:
+        return await _concurrently(Inference(settings, metrics), model, requests)
+
+    outcomes = asyncio.run(scenario())
+    assert [outcome.batch_rows for outcome in outcomes] == [1, 6]
+
+
+def test_a_lone_request_waits_the_delay_and_not_much_longer(repository: Path) -> None:
+    settings, models, metrics = _served(repository, max_queue_delay_ms=DELAY_MS)
+    model = models.get("gamma")
+
+    async def scenario() -> list[Outcome]:
+        return await _concurrently(Inference(settings, metrics), model, [np.zeros((2, 2))])
+
+    (outcome,) = asyncio.run(scenario())
+    delay = DELAY_MS / 1000.0
+    # the timer fires no earlier than the delay; the generous ceiling only catches a missed timer
+    assert delay * 0.95 <= outcome.queue_seconds < delay + 2.0
+    assert outcome.batch_rows == 2
+
+
+def test_the_waiting_requests_count_against_the_queue_bound(repository: Path) -> None:
+    settings, models, metrics = _served(
+        repository, max_queue_delay_ms=LONG_DELAY_MS, max_batch_size=1000, workers=1, max_queue=2
+    )
+    model = models.get("alpha")
+
+    async def scenario() -> str:
+        inference = Inference(settings, metrics)
+        waiting = [asyncio.ensure_future(inference.run(model, np.zeros((1, 3)))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        try:
+            await inference.run(model, np.zeros((1, 3)))
+        except Exception as error:  # the ApiError the route renders as 503
+            message = f"{getattr(error, 'status', None)} {error}"
+        else:
+            message = "accepted"
+        for task in waiting:
+            task.cancel()
+        inference.shutdown()
+        return message
+
+    message = asyncio.run(scenario())
+    assert message.startswith("503")
+    assert "3 requests already queued or running" in message
+
+
+def test_tritonclient_aio_gets_the_unbatched_numbers_through_a_batching_server(repository: Path) -> None:
+    settings = Settings(repository=repository, threads=1, max_queue_delay_ms=50.0, max_batch_size=64)
+    generator = np.random.default_rng(11)
+    requests = [generator.normal(size=(int(rows), 2)).astype(np.float32) for rows in (1, 3, 2, 5, 1, 4)]
+    with running_server(settings) as url:
+
+        async def scenario() -> list[np.ndarray]:
+            client = triton_aio.InferenceServerClient(url.removeprefix("http://"))
+            try:
+
+                async def one(rows: np.ndarray) -> np.ndarray:
+                    tensor = triton_aio.InferInput("x", list(rows.shape), "FP32")
+                    tensor.set_data_from_numpy(rows, binary_data=True)
+                    outputs = [triton_aio.InferRequestedOutput("covariance", binary_data=True)]
+                    result = await client.infer("gamma", [tensor], outputs=outputs)
+                    covariance: np.ndarray = result.as_numpy("covariance")
+                    return covariance
+
+                return list(await asyncio.gather(*(one(rows) for rows in requests)))
+            finally:
+                await client.close()
+
+        covariances = asyncio.run(scenario())
+    for rows, covariance in zip(requests, covariances, strict=True):
+        _, want = _reference(repository, "gamma", rows)
+        np.testing.assert_allclose(covariance, want, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_array_histogram_matches_prometheus_client_histogram() -> None:
+    values = np.random.default_rng(5).normal(scale=30.0, size=500)
+    ours = CollectorRegistry()
+    ArrayHistogram("log_det", "test", "model", LOG_DET_BUCKETS, ours).observe("m", values)
+    reference = CollectorRegistry()
+    histogram = Histogram("log_det", "test", ["model"], buckets=LOG_DET_BUCKETS, registry=reference)
+    for value in values:
+        histogram.labels("m").observe(float(value))
+    want = [
+        line
+        for line in generate_latest(reference).decode().splitlines()
+        if "_bucket" in line or "_count" in line
+    ]
+    got = generate_latest(ours).decode().splitlines()
+    assert [line for line in got if "_bucket" in line or "_count" in line] == want
+    total = ours.get_sample_value("log_det_sum", {"model": "m"})
+    assert total == pytest.approx(float(values.sum()), rel=1e-12)
