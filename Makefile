@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
+UCI_DIR ?= ../shared/datasets/uci
 
 .PHONY: install test lint demo bench clean
 
@@ -12,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade -c $(CONSTRAINTS) pip
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[train,dev,cpu]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[train,dev,cpu,bench]"
 	touch $(STAMP)
 
 test: install
@@ -36,6 +37,9 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/tac.py
 	$(BIN)/python benchmarks/pseudolabels.py
+	$(BIN)/python benchmarks/serving.py --output benchmarks/results/serving.md
+	$(BIN)/python benchmarks/synthetic.py
+	$(BIN)/python benchmarks/uci.py --data-dir $(UCI_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

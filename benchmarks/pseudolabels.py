@@ -1,10 +1,14 @@
 """Pseudo-label cost and quality: seconds and peak memory against N, and the k / τ ablation.
 
-    python benchmarks/pseudolabels.py                # N = 10k, 30k, 100k at M = 16, D = 4 + ablation
+    python benchmarks/pseudolabels.py                # N = 1k … 1M at M = 8 and 32, D = 4, + ablation
+    python benchmarks/pseudolabels.py --max-samples 100000   # stop at 100k (1M takes hours on 2 cores)
     python benchmarks/pseudolabels.py --quick        # tiny sizes, a smoke test
     python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
 
-Every size runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own.
+Every size runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own. Time is
+``O(N² M)`` (every pair's distance is computed, in row chunks); memory is ``O(chunk · N + N k)``, so the
+growth column should rise with ``N · k`` and never with ``N²``: the last column divides the growth by
+``N · k`` (bytes per label neighbour).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from training.pseudolabels import (
 )
 from training.synthetic import multivariate
 
-FULL_SIZES = (10_000, 30_000, 100_000)
+FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 3_000)
-INPUT_DIM = 16
+INPUT_DIMS = (8, 32)
+QUICK_INPUT_DIMS = (8,)
 TARGET_DIM = 4
+BYTES_PER_MIB = 1 << 20
 FULL_NEIGHBOURS = (8, 16, 32, 64, 128, 256)
 QUICK_NEIGHBOURS = (16, 64)
 ABLATION_TEMPERATURES: tuple[tuple[TemperatureScale, float], ...] = (
@@ -62,10 +68,10 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
 
 
-def _single(samples: int) -> None:
+def _single(samples: int, input_dim: int) -> None:
     """Child mode: time one computation on random data and print a JSON line."""
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.rand(samples, INPUT_DIM, dtype=torch.float64, generator=generator)
+    inputs = torch.rand(samples, input_dim, dtype=torch.float64, generator=generator)
     targets = torch.randn(samples, TARGET_DIM, dtype=torch.float32, generator=generator)
     baseline = _peak_rss_mib()
     start = time.perf_counter()
@@ -74,10 +80,9 @@ def _single(samples: int) -> None:
     print(json.dumps({"samples": samples, "seconds": seconds, "baseline": baseline, "peak": _peak_rss_mib()}))
 
 
-def _cost(samples: int) -> CostRow:
-    result = subprocess.run(
-        [sys.executable, __file__, "--single", str(samples)], capture_output=True, text=True, check=True
-    )
+def _cost(samples: int, input_dim: int) -> CostRow:
+    command = [sys.executable, __file__, "--single", str(samples), "--input-dim", str(input_dim)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     record = json.loads(result.stdout.strip().splitlines()[-1])
     return CostRow(samples, record["seconds"], record["baseline"], record["peak"])
 
@@ -119,30 +124,43 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
+    parser.add_argument("--max-samples", type=int, default=None, help="skip sizes above this N")
     parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--input-dim", type=int, default=INPUT_DIMS[0], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single is not None:
-        _single(args.single)
+        _single(args.single, args.input_dim)
         return
 
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    sizes = [n for n in (QUICK_SIZES if args.quick else FULL_SIZES) if n <= (args.max_samples or n)]
+    skipped = [n for n in FULL_SIZES if not args.quick and n not in sizes]
+    flags = (" --quick" if args.quick else "") + (
+        f" --max-samples {args.max_samples}" if args.max_samples else ""
+    )
     lines = [
         "# Pseudo-label cost and quality",
         "",
-        f"Command: `python benchmarks/pseudolabels.py{' --quick' if args.quick else ''}`  ",
+        f"Command: `python benchmarks/pseudolabels.py{flags}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
         f"Machine: {describe_machine(('torch', torch.__version__))}",
         "",
-        f"## Cost (M = {INPUT_DIM} inputs, D = {TARGET_DIM} targets, k = {DEFAULT_NEIGHBOURS})",
+        f"## Cost (D = {TARGET_DIM} targets, k = {DEFAULT_NEIGHBOURS})",
         "",
-        "| N | seconds | peak RSS (MiB) | growth over baseline (MiB) |",
-        "|---:|---:|---:|---:|",
+        "| M (inputs) | N | seconds | peak RSS (MiB) | growth over baseline (MiB) | growth ÷ (N·k), bytes |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for samples in sizes:
-        row = _cost(samples)
-        growth = row.peak_mib - row.baseline_mib
-        lines.append(f"| {samples} | {row.seconds:.2f} | {row.peak_mib:.0f} | {growth:.0f} |")
-        print(lines[-1], flush=True)
+    for input_dim in QUICK_INPUT_DIMS if args.quick else INPUT_DIMS:
+        for samples in sizes:
+            row = _cost(samples, input_dim)
+            growth = row.peak_mib - row.baseline_mib
+            per_neighbour = growth * BYTES_PER_MIB / (samples * DEFAULT_NEIGHBOURS)
+            lines.append(
+                f"| {input_dim} | {samples} | {row.seconds:.2f} | {row.peak_mib:.0f} | {growth:.0f} | "
+                f"{per_neighbour:.1f} |"
+            )
+            print(lines[-1], flush=True)
+    if skipped:
+        lines += ["", f"Not run here (`--max-samples`): N = {', '.join(str(n) for n in skipped)}."]
     lines += [
         "",
         "## Ablation: mean relative Frobenius error of the labels against the true Σ(x)",

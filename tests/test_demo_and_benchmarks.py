@@ -42,6 +42,31 @@ def test_benchmark_quick_mode_writes_a_table(script: str, tmp_path: Path) -> Non
     assert text.count("\n| ") >= 3, text
 
 
+UCI_DIR = ROOT.parent / "shared" / "datasets" / "uci"
+
+
+@pytest.mark.parametrize(
+    ("script", "extra", "outputs"),
+    [
+        ("synthetic.py", [], ["synthetic.md", "synthetic_cost.png", "synthetic_accuracy.png"]),
+        ("uci.py", ["--data-dir", str(UCI_DIR)], ["uci.md"]),
+    ],
+)
+def test_evidence_benchmarks_quick_mode_writes_tables_and_plots(
+    script: str, extra: list[str], outputs: list[str], tmp_path: Path
+) -> None:
+    if script == "uci.py" and not UCI_DIR.is_dir():
+        pytest.skip(f"{UCI_DIR} is not present")
+    command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--output-dir", str(tmp_path)]
+    result = subprocess.run([*command, *extra], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in outputs:
+        assert (tmp_path / name).stat().st_size > 0, name
+    text = (tmp_path / outputs[0]).read_text()
+    assert "Machine:" in text
+    assert "| w2-bound |" in text
+
+
 def _readme_python_blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     return [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]

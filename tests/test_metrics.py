@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.optimize
 import scoringrules
 import torch
 from hypothesis import given, settings
@@ -30,6 +31,7 @@ from training.metrics import (
     mse,
     sample_gaussian,
     tac,
+    variance_calibration,
     wasserstein_to_truth,
 )
 
@@ -421,3 +423,20 @@ def test_asymmetric_and_non_finite_inputs_are_rejected() -> None:
     target[3, 1] = np.nan
     with pytest.raises(ValueError, match=r"^target: contains non-finite values$"):
         mse(mean, target)
+
+
+@pytest.mark.parametrize("dim", DIMENSIONS)
+def test_variance_calibration_is_the_nll_minimiser_found_by_a_scalar_search(dim: int) -> None:
+    generator = np.random.default_rng(40 + dim)
+    mean = generator.normal(size=(300, dim))
+    factors = generator.normal(size=(300, dim, dim))
+    covariance = factors @ np.swapaxes(factors, -1, -2) + 0.5 * np.eye(dim)
+    truth = 7.0 * covariance  # the predictions are 7× over-confident
+    target = mean + np.einsum("nij,nj->ni", np.linalg.cholesky(truth), generator.normal(size=(300, dim)))
+    factor = variance_calibration(mean, covariance, target)
+    search = scipy.optimize.minimize_scalar(
+        lambda log_c: gaussian_nll(mean, np.exp(log_c) * covariance, target), bounds=(-5, 5), method="bounded"
+    )
+    assert factor == pytest.approx(float(np.exp(search.x)), rel=1e-4)
+    assert gaussian_nll(mean, factor * covariance, target) <= gaussian_nll(mean, covariance, target)
+    assert 5.0 < factor < 9.5

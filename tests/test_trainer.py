@@ -11,6 +11,7 @@ import torch
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import DataConfig, load_split
 from training.losses import LossName
+from training.metrics import variance_calibration
 from training.trainer import CHECKPOINT_FILE, TrainingDivergedError, load_checkpoint, score, train
 
 CLAIM_SEEDS = (0, 1, 2)
@@ -35,7 +36,9 @@ def test_a_non_finite_loss_names_epoch_batch_and_method_and_keeps_a_checkpoint(t
 
 def _kl_to_truth(method: str, seed: int, run_dir: Path) -> dict[str, float]:
     split = load_split(DataConfig(in_dim=4, out_dim=4, samples=4000, seed=seed))
-    config = TrainConfig(method=LossName(method), epochs=CLAIM_EPOCHS, seed=seed, device=Device.CPU)
+    config = TrainConfig(
+        method=LossName(method), epochs=CLAIM_EPOCHS, seed=seed, device=Device.CPU, calibrate=False
+    )
     result = train(split, config, ModelConfig(), run_dir=run_dir / f"{method}-{seed}", progress=False)
     _, _, metrics = score(result.model, split.test, torch.device("cpu"))
     return metrics
@@ -67,3 +70,24 @@ def test_hybrid_trains_the_bound_first_then_the_method_on_its_parameterisation(t
     assert result.model.kind.value == "cholesky"
     assert len(result.history) == 2
     assert all(np.isfinite(record["train_loss"]) for record in result.history)
+
+
+def test_calibration_scales_the_raw_covariance_by_the_validation_optimum(tmp_path: Path) -> None:
+    split = load_split(DataConfig(in_dim=2, out_dim=2, samples=600, seed=3))
+    model = ModelConfig(width=8, depth=1)
+    on = TrainConfig(epochs=2, device=Device.CPU, seed=3)
+    calibrated = train(split, on, model, run_dir=tmp_path / "on", progress=False)
+    off = on.model_copy(update={"calibrate": False})
+    plain = train(split, off, model, run_dir=tmp_path / "off", progress=False)
+    factor = calibrated.covariance_calibration
+    assert plain.covariance_calibration == 1.0
+    assert float(calibrated.model.covariance_calibration) == pytest.approx(factor, rel=1e-6)
+    device = torch.device("cpu")
+    mean_on, covariance_on, validation_on = score(calibrated.model, split.validation, device)
+    mean_off, covariance_off, validation_off = score(plain.model, split.validation, device)
+    np.testing.assert_allclose(mean_on, mean_off, rtol=1e-6)
+    np.testing.assert_allclose(covariance_on, factor * covariance_off, rtol=1e-4)
+    assert validation_on["nll"] <= validation_off["nll"]
+    assert variance_calibration(mean_on, covariance_on, split.validation.targets) == pytest.approx(
+        1.0, rel=1e-3
+    )

@@ -52,6 +52,10 @@ class TrainConfig(BaseModel):
     temperature: float = Field(
         default=DEFAULT_TEMPERATURE, gt=0, description="pseudo-label τ (--temperature)"
     )
+    calibrate: bool = Field(
+        default=True,
+        description="scale the covariances by the NLL-optimal factor on the validation rows (--calibrate)",
+    )
     device: Device = Field(default=Device.AUTO, description="auto|cpu|cuda (--device)")
     threads: int = Field(
         default=1,

@@ -42,6 +42,7 @@ __all__ = [
     "mse",
     "sample_gaussian",
     "tac",
+    "variance_calibration",
     "wasserstein_to_truth",
 ]
 
@@ -215,6 +216,17 @@ def mahalanobis_squared(mean: npt.ArrayLike, covariance: npt.ArrayLike, target: 
     whitened = _solve_lower(factor, residual)
     distances: FloatArray = np.sum(whitened**2, axis=-1)
     return distances
+
+
+def variance_calibration(mean: npt.ArrayLike, covariance: npt.ArrayLike, target: npt.ArrayLike) -> float:
+    """The factor ``c`` whose ``c · Σ`` minimises the mean NLL of the targets: ``c = mean(m_n) / D``.
+
+    With ``m_n`` the squared Mahalanobis distances (:func:`mahalanobis_squared`), the mean NLL of ``c Σ``
+    is ``½ (D log c + mean(m_n) / c) + const``, minimal at ``c = mean(m_n) / D``. ``c > 1`` means the
+    covariances were over-confident; the factor is dimensionless.
+    """
+    distances = mahalanobis_squared(mean, covariance, target)
+    return float(np.mean(distances) / np.shape(target)[-1])
 
 
 def gaussian_nll(mean: npt.ArrayLike, covariance: npt.ArrayLike, target: npt.ArrayLike) -> float:

@@ -99,13 +99,16 @@ class CovarianceModel(nn.Module):
 
     :meth:`predict` works in standardised units (training); :meth:`forward` takes raw-unit inputs
     ``x`` ``(B, M)`` and returns raw-unit ``mean`` ``(B, D)``, ``covariance`` ``(B, D, D)`` and ``scale``
-    ``(B, D, D)`` with ``scale · scaleᵀ = covariance``, using only ONNX-exportable operations.
+    ``(B, D, D)`` with ``scale · scaleᵀ = covariance``, using only ONNX-exportable operations. The raw-unit
+    covariance carries the post-training variance calibration: the scalar buffer ``covariance_calibration``
+    ``c`` multiplies it (1 while training; set by :func:`training.trainer.calibrate`).
     """
 
     input_mean: Tensor
     input_std: Tensor
     target_mean: Tensor
     target_std: Tensor
+    covariance_calibration: Tensor
 
     def __init__(
         self,
@@ -125,6 +128,7 @@ class CovarianceModel(nn.Module):
         for name in ("input_mean", "input_std", "target_mean", "target_std"):
             value = torch.as_tensor(getattr(standardisation, name), dtype=torch.float32)
             self.register_buffer(name, value)
+        self.register_buffer("covariance_calibration", torch.ones((), dtype=torch.float32))
 
     @property
     def kind(self) -> CovarianceKind:
@@ -155,6 +159,7 @@ class CovarianceModel(nn.Module):
         """Raw-unit ``(mean (B, D), covariance (B, D, D), scale (B, D, D))`` for raw inputs ``(B, M)``."""
         prediction = self.predict(self.standardise_inputs(inputs), exportable=True)
         mean = prediction.mean * self.target_std + self.target_mean
-        scale = prediction.covariance.factor * self.target_std.unsqueeze(-1)
+        target_scale = self.target_std.unsqueeze(-1) * self.covariance_calibration.sqrt()
+        scale = prediction.covariance.factor * target_scale
         covariance = scale @ scale.transpose(-1, -2)
         return mean, 0.5 * (covariance + covariance.transpose(-1, -2)), scale

@@ -26,6 +26,7 @@ from training.data import Split, Table
 from training.errors import UsageError
 from training.evaluate import compute_metrics
 from training.losses import LossName, LossSpec, get_loss
+from training.metrics import variance_calibration
 from training.networks import CovarianceModel, Standardisation
 from training.pseudolabels import PseudoLabels, compute_pseudo_labels
 
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingInterruptedError",
     "TrainingResult",
     "build_model",
+    "calibrate",
     "load_checkpoint",
     "predict_raw",
     "resolve_device",
@@ -71,6 +73,7 @@ class TrainingResult:
     peak_memory_mib: float
     checkpoint: Path
     device: str
+    covariance_calibration: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,6 +121,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise UsageError(f"{path}: not a covserve checkpoint")
     return state
+
+
+def _peak_memory_mib(memory: _PeakMemory, device: torch.device) -> float:
+    """Peak memory of the training loop: allocated device memory on CUDA, RSS growth on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB
+    return memory.peak
 
 
 class _PeakMemory:
@@ -296,6 +306,8 @@ def _train(
         save(0)
     stopped = "max epochs"
     epoch_seconds: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with _PeakMemory() as memory:
         completed = start_epoch
         try:
@@ -340,16 +352,34 @@ def _train(
                 f"(continue with --resume {run_dir})"
             ) from None
     model.load_state_dict(best_state)
+    factor = calibrate(model, split.validation, device) if config.calibrate else 1.0
     return TrainingResult(
         model=model,
         history=history,
         best_epoch=best_epoch,
         stopped=stopped,
         seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
-        peak_memory_mib=memory.peak,
+        peak_memory_mib=_peak_memory_mib(memory, device),
         checkpoint=checkpoint_path,
         device=str(device),
+        covariance_calibration=factor,
     )
+
+
+def calibrate(model: CovarianceModel, table: Table, device: torch.device) -> float:
+    """Set ``model.covariance_calibration`` to the NLL-optimal factor on ``table``; returns it.
+
+    The pseudo-labels of the W2 bound measure the spread of the targets around their neighbourhood mean,
+    not the mean network's error, so on nearly deterministic targets (UCI energy) the trained covariances
+    are far too small for the residuals the model actually makes. One scalar fitted on held-out rows,
+    :func:`training.metrics.variance_calibration`, corrects the overall level and keeps every shape and
+    correlation; it is exported with the model.
+    """
+    model.covariance_calibration.fill_(1.0)
+    mean, covariance = predict_raw(model, table.inputs, device)
+    factor = variance_calibration(mean, covariance, table.targets)
+    model.covariance_calibration.fill_(factor)
+    return factor
 
 
 def _train_epoch(

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from training.data._config import DataConfig, Protocol
 from training.data._load import load_split, load_table
-from training.data._splits import make_split
+from training.data._splits import TICTAC_SCALE, make_split
 from training.data._table import Split, Table
 from training.data._uci import UCI_NAMES
 
 __all__ = [
+    "TICTAC_SCALE",
     "UCI_NAMES",
     "DataConfig",
     "Protocol",

@@ -1,0 +1,138 @@
+"""The methods the evidence benchmarks compare, one training and scoring call each, and their tables.
+
+Every method of the core registry plus the hybrid (the W2 bound with pseudo-labels for the first half of
+the epochs, then NLL). Within a trial all methods see the same split, the same batches and the same
+initial mean network (``training.trainer`` seeds both from ``TrainConfig.seed``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.config import Device, ModelConfig, TrainConfig
+from training.data import Split
+from training.losses import LossName
+from training.trainer import score, train
+
+__all__ = [
+    "ALL_METHODS",
+    "HYBRID",
+    "UNRANKED",
+    "Method",
+    "Result",
+    "fit_and_score",
+    "markdown_table",
+    "mean_and_spread",
+    "parse_methods",
+]
+
+HYBRID = "hybrid"
+ALL_METHODS: tuple[str, ...] = (
+    "mse",
+    "diagonal",
+    "nll",
+    "beta-nll",
+    "faithful",
+    "nll-tic",
+    "kl",
+    "w2",
+    "w2-bound",
+    HYBRID,
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the comparison: a registry loss, or the hybrid (W2 bound first, then ``then``)."""
+
+    name: str
+
+    def train_config(self, epochs: int, lr: float, seed: int, calibrate: bool) -> TrainConfig:
+        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, device=Device.CPU, calibrate=calibrate)
+        if self.name == HYBRID:  # at least one epoch of each phase
+            total = max(epochs, 2)
+            return config.model_copy(
+                update={"method": LossName.NLL, "epochs": total, "hybrid_epochs": total // 2}
+            )
+        return config.model_copy(update={"method": LossName(self.name)})
+
+
+@dataclass(frozen=True)
+class Result:
+    """Test metrics of one method in one trial, with its cost."""
+
+    method: str
+    trial: int
+    metrics: dict[str, float]
+
+
+def parse_methods(text: str) -> list[Method]:
+    """Comma-separated names from :data:`ALL_METHODS` (``all`` for every one)."""
+    names = list(ALL_METHODS) if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(ALL_METHODS)}")
+    return [Method(name) for name in names]
+
+
+def fit_and_score(
+    method: Method, split: Split, *, epochs: int, lr: float, seed: int, calibrate: bool, model: ModelConfig
+) -> dict[str, float]:
+    """Train ``method`` on ``split`` and return its test metrics plus ``seconds_per_epoch``,
+    ``peak_memory_mib``, the variance calibration factor and the test NLL without it (run files go to a
+    temporary directory)."""
+    config = method.train_config(epochs, lr, seed, calibrate)
+    with tempfile.TemporaryDirectory(prefix="covserve-bench-") as scratch:
+        result = train(split, config, model, run_dir=Path(scratch), progress=False)
+    device = torch.device("cpu")
+    _, _, metrics = score(result.model, split.test, device)
+    result.model.covariance_calibration.fill_(1.0)
+    metrics["nll_uncalibrated"] = score(result.model, split.test, device)[2]["nll"]
+    result.model.covariance_calibration.fill_(result.covariance_calibration)
+    metrics["seconds_per_epoch"] = result.seconds_per_epoch
+    metrics["peak_memory_mib"] = result.peak_memory_mib
+    metrics["calibration_factor"] = result.covariance_calibration
+    metrics["targets"] = float(split.test.targets.shape[1])
+    return metrics
+
+
+def mean_and_spread(results: Iterable[Result], method: str, key: str) -> tuple[float, float]:
+    """Mean and standard deviation of ``key`` over the trials of ``method`` (NaN when absent)."""
+    values = [r.metrics[key] for r in results if r.method == method and key in r.metrics]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values))
+
+
+UNRANKED = frozenset({"calibration_factor"})
+"""Columns where neither lower nor higher is better: never bold."""
+
+
+def markdown_table(
+    results: Sequence[Result], methods: Sequence[str], columns: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Rows ``method | mean ± std ...`` for each ``(key, heading)`` column, the lowest mean in bold
+    (lower is better in every column except :data:`UNRANKED`)."""
+    lines = [
+        "| method | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    best = {
+        key: min((mean_and_spread(results, m, key)[0] for m in methods), key=lambda v: (np.isnan(v), v))
+        for key, _ in columns
+    }
+    for method in methods:
+        cells = []
+        for key, _ in columns:
+            mean, spread = mean_and_spread(results, method, key)
+            text = "—" if np.isnan(mean) else f"{mean:.4g} ± {spread:.2g}"
+            bold = mean == best[key] and not np.isnan(mean) and key not in UNRANKED
+            cells.append(f"**{text}**" if bold else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
