@@ -152,7 +152,6 @@ def _run(
             data = DataConfig(data=f"uci:{name}", data_dir=args.data_dir, protocol=protocol, seed=trial)
             split = load_split(data)
             for method in methods:
-                started = time.perf_counter()
                 metrics = fit_and_score(
                     method,
                     split,
@@ -162,7 +161,6 @@ def _run(
                     calibrate=protocol is Protocol.HOLDOUT,
                     model=ModelConfig(),
                 )
-                metrics["fit_seconds"] = time.perf_counter() - started
                 results.setdefault(name, []).append(Result(method.name, trial, metrics))
                 print(
                     f"{protocol.value} {name} trial {trial} {method.name}: NLL {metrics['nll']:.4g}",

@@ -143,11 +143,12 @@ class Inference:
         name = model.version.name
         self._metrics.inference_duration.labels(name).observe(finished - started)
         self._metrics.batch_size.labels(name).observe(len(inputs))
+        queue_duration = self._metrics.queue_duration.labels(name)
         offset = 0
         for entry in batch:
             rows = slice(offset, offset + len(entry.inputs))
             offset = rows.stop
-            self._metrics.queue_duration.labels(name).observe(started - entry.enqueued)
+            queue_duration.observe(started - entry.enqueued)
             if entry.future.done():  # the client went away
                 continue
             if not healthy[rows].all():

@@ -423,6 +423,18 @@ def mutations(options: tuple[str, ...]) -> st.SearchStrategy[frozenset[str]]:
     return st.frozensets(st.sampled_from(options), max_size=3)
 
 
+def _spoilt_values(applied: frozenset[str], prefix: str) -> st.SearchStrategy[Any]:
+    """Clean JSON numbers, plus the extreme, non-finite or junk values the ``prefix``-ed mutations ask for."""
+    cells: list[st.SearchStrategy[Any]] = [CLEAN]
+    if f"{prefix}extreme values" in applied:
+        cells.append(FINITE_EXTREMES | BIG_INTEGERS)
+    if f"{prefix}non-finite values" in applied:
+        cells.append(NON_FINITE)
+    if f"{prefix}junk values" in applied:
+        cells.append(JUNK)
+    return st.one_of(*cells)
+
+
 @st.composite
 def rows_with(draw: st.DrawFn, in_dim: int, applied: frozenset[str]) -> list[Any]:
     """Rows of ``in_dim`` clean values, spoilt as ``applied`` says."""
@@ -430,14 +442,7 @@ def rows_with(draw: st.DrawFn, in_dim: int, applied: frozenset[str]) -> list[Any
     if "row count" in applied:
         count = draw(st.sampled_from([0, MAX_ROWS, MAX_ROWS + 1, 100]))
     width = draw(st.sampled_from([0, in_dim - 1, in_dim + 1, 7])) if "width" in applied else in_dim
-    cells: list[st.SearchStrategy[Any]] = [CLEAN]
-    if "extreme values" in applied:
-        cells.append(FINITE_EXTREMES | BIG_INTEGERS)
-    if "non-finite values" in applied:
-        cells.append(NON_FINITE)
-    if "junk values" in applied:
-        cells.append(JUNK)
-    values = st.one_of(*cells)
+    values = _spoilt_values(applied, "")
     distinct = [draw(st.lists(values, min_size=width, max_size=width)) for _ in range(min(count, 4))]
     rows: list[Any] = [distinct[index % len(distinct)] for index in range(count)] if distinct else []
     if "ragged row" in applied and rows:
@@ -497,14 +502,7 @@ def condition_body(draw: st.DrawFn, in_dim: int, out_dim: int) -> tuple[dict[str
     applied = draw(mutations(CONDITION_MUTATIONS))
     rows = draw(rows_with(in_dim, applied))
     targets = [f"y{i}" for i in range(out_dim)]
-    cells: list[st.SearchStrategy[Any]] = [CLEAN]
-    if "observed extreme values" in applied:
-        cells.append(FINITE_EXTREMES | BIG_INTEGERS)
-    if "observed non-finite values" in applied:
-        cells.append(NON_FINITE)
-    if "observed junk values" in applied:
-        cells.append(JUNK)
-    values = st.one_of(*cells)
+    values = _spoilt_values(applied, "observed ")
     count = len(rows) if isinstance(rows, list) else 1
     if "observed count" in applied:
         count = draw(st.sampled_from([0, count + 1, max(count - 1, 0), 100]))
