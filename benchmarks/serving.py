@@ -440,6 +440,8 @@ def _covserve_arguments(repository: Path) -> list[str]:
         str(SERVER_WORKERS),
         "--device",
         "cpu",
+        "--access-log",
+        "false",
     ]
 
 
@@ -598,8 +600,10 @@ def main() -> None:
         "Machine: " + describe_machine(("ONNX Runtime", ort.__version__), ("uvicorn", uvicorn.__version__)),
         "",
         f"Model: {IN_DIM} inputs → {OUT_DIM} targets, {KIND} parameterisation, width {WIDTH}, depth {DEPTH}. "
-        f"Server: `python -m service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} --device cpu` in "
-        f"its own process on {HOST}. Load: asyncio streams with pre-encoded HTTP/1.1 requests, closed loop, "
+        f"Server: `python -m service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} --device cpu "
+        f"--access-log false` in its own process on {HOST} (the echo runs with uvicorn's `--no-access-log`; "
+        "the last section measures the access log's cost). Load: asyncio streams with pre-encoded HTTP/1.1 "
+        "requests, closed loop, "
         f"one keep-alive connection per caller, {seconds:g} s per cell after a "
         f"{seconds * WARM_UP_FRACTION:g} s warm-up. The load generator and the servers share the machine's "
         "CPUs; server and client CPU are in cores (CPU seconds per wall second).",
@@ -623,6 +627,10 @@ def main() -> None:
                     for concurrency in concurrencies:
                         cells.append(_measure(server, load, concurrency, seconds))
                         print(f"batching {mode}: " + _cell_line(cells[-1]), flush=True)
+        arguments = [*_covserve_arguments(directory / "models"), *BATCHING["on"], "--access-log", "true"]
+        with _server(arguments, directory / "covserve-access-log.log") as server:
+            logged = _measure(server, loads[0], top, seconds)
+            print("access log on: " + _cell_line(logged), flush=True)
 
     header = (
         "| protocol | rows/request | concurrency | requests | errors | requests/s | rows/s | p50 ms | "
@@ -646,6 +654,22 @@ def main() -> None:
     ]
     for mode, cells in results.items():
         lines += _section(mode, cells, header, rule)
+    unlogged = next(
+        cell for cell in results["on"] if (cell.protocol, cell.rows, cell.concurrency) == (NATIVE, 1, top)
+    )
+    lines += [
+        "## Cost of the access log",
+        "",
+        "Batching on, with `--access-log true` (one JSON line per request, written to a file): "
+        f"{logged.requests_per_second / unlogged.requests_per_second:.2f} × the requests/s of the same cell "
+        f"without it, {logged.server_ms_per_request - unlogged.server_ms_per_request:+.2f} ms of server CPU "
+        "per request.",
+        "",
+        header,
+        rule,
+        _cell_line(logged),
+        "",
+    ]
     lines += ["## Targets", ""]
     for mode, cells in results.items():
         lines += [f"Batching {mode}:", "", *_targets(cells, echo, raw), ""]

@@ -7,18 +7,22 @@ every request and response in extra tasks and streams and costs a large share of
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 
 import orjson
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service._errors import error_body
 from service._metrics import ServiceMetrics
+from service._models import VERSION_PATTERN, ServedModels
 from service._settings import Settings
 
-__all__ = ["AccessMiddleware", "error_body"]
+__all__ = ["AccessMiddleware"]
 
 LOGGER = logging.getLogger("covserve.access")
 OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/redoc")
@@ -28,26 +32,31 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 UNAUTHORISED = "authorization: expected 'Bearer <api key>', got a missing or unknown key"
 
 
-def error_body(message: str) -> bytes:
-    """The JSON error document ``{"error": message}``."""
-    return orjson.dumps({"error": message})
-
-
 class AccessMiddleware:
     """Refuses unauthorised (401) and declared-oversized (413) requests, then counts, times and logs.
 
     Per request: ``covserve_requests_total{model,version,route,code}``, ``covserve_request_duration_seconds``,
     ``covserve_inflight_requests``, an ``x-request-id`` response header (the client's, or a fresh one) and
-    one JSON access-log line. Keys are compared in constant time and never logged.
+    one JSON access-log line (unless ``access_log`` is off). The ``model`` and ``version`` labels name
+    served models only (a path naming anything else is counted under ``""``), so clients cannot grow the
+    label set. Keys are compared in constant time and never logged.
     """
 
     def __init__(
-        self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics, keys: Sequence[str]
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        models: ServedModels,
+        keys: Sequence[str],
     ) -> None:
         self._app = app
         self._settings = settings
         self._metrics = metrics
+        self._models = models
         self._keys = [key.encode() for key in keys]
+        self._request_ids = _RequestIds()
+        self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,16 +65,16 @@ class AccessMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         path: str = scope["path"]
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or self._request_ids.next()
         refusal = self._refusal(path, headers)
         status = 500
-        tagged = [(b"x-request-id", request_id.encode("latin-1"))]
+        tagged = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_tagged(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), *tagged]
+                message["headers"] = [*message.get("headers", []), tagged]
             await send(message)
 
         self._metrics.inflight.inc()
@@ -97,25 +106,52 @@ class AccessMiddleware:
         return any(hmac.compare_digest(token, key) for key in self._keys)
 
     def _account(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
-        parameters = scope.get("path_params", {})
-        model, version = str(parameters.get("name", "")), str(parameters.get("version", ""))
+        model, version = self._served(scope.get("path_params", {}))
         route = str(getattr(scope.get("route"), "path", "unmatched"))
-        self._metrics.requests.labels(model, version, route, str(status)).inc()
-        self._metrics.request_duration.labels(model, route).observe(elapsed)
-        if LOGGER.isEnabledFor(logging.INFO):
-            LOGGER.info(
-                orjson.dumps(
-                    {
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "model": model,
-                        "version": version,
-                        "status": status,
-                        "seconds": round(elapsed, 6),
-                    }
-                ).decode()
+        key = (model, version, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self._metrics.requests.labels(model, version, route, str(status)),
+                self._metrics.request_duration.labels(model, route),
             )
+        requests, duration = series
+        requests.inc()
+        duration.observe(elapsed)
+        if self._settings.access_log and LOGGER.isEnabledFor(logging.INFO):
+            line = orjson.dumps(
+                {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "model": model,
+                    "version": version,
+                    "status": status,
+                    "seconds": round(elapsed, 6),
+                }
+            ).decode()
+            # a record made directly: Logger.info would walk the (deep, async) stack for the caller's line
+            LOGGER.handle(LOGGER.makeRecord(LOGGER.name, logging.INFO, __file__, 0, line, (), None))
+
+    def _served(self, parameters: dict[str, str]) -> tuple[str, str]:
+        """``(model, version)`` labels: the path's, where they name a served model (and version)."""
+        versions = self._models.versions.get(parameters.get("name", ""))
+        if versions is None:
+            return "", ""
+        version = parameters.get("version", "")
+        served = VERSION_PATTERN.fullmatch(version) is not None and int(version) in versions
+        return parameters["name"], version if served else ""
+
+
+class _RequestIds:
+    """Fresh request ids: 32 hex digits, a random per-process prefix and a counter (unique, cheap)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:

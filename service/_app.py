@@ -10,16 +10,19 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from service._access import AccessMiddleware, error_body
-from service._errors import ApiError
+from service._access import AccessMiddleware
+from service._direct import DirectRoutes
+from service._errors import ApiError, error_response
 from service._inference import Inference
 from service._metrics import ServiceMetrics
 from service._models import ServedModels
-from service._native import ConditionRequest, PredictRequest
+from service._native import ConditionRequest, PredictRequest, condition, predict_latest, predict_version
 from service._native import router as native_router
+from service._oip_routes import infer
 from service._oip_routes import router as oip_router
 from service._openapi import with_schemas
 from service._repository_routes import router as repository_router
@@ -30,10 +33,8 @@ __all__ = ["create_app"]
 
 LOGGER = logging.getLogger("covserve.service")
 SERVER_NAME = "covserve"
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(message), status_code=status, media_type="application/json", headers=headers)
+HOT_ENDPOINTS = (predict_latest, predict_version, condition, infer)
+"""Hot routes whose endpoints :class:`DirectRoutes` calls without FastAPI's per-request machinery."""
 
 
 async def _poll(models: ServedModels, seconds: float) -> None:
@@ -68,32 +69,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Predictive mean vectors and full covariance matrices from ONNX models.",
         lifespan=lifespan,
+        telemetry={
+            "tracing": settings.opentelemetry,
+            "metrics": settings.opentelemetry,
+            "logs": settings.opentelemetry,
+        },
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.models = ServedModels(settings, metrics)
     app.state.statistics = {}
-    app.add_middleware(AccessMiddleware, settings=settings, metrics=metrics, keys=settings.bearer_keys())
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> Response:
-        return _error(error.status, error.message, error.headers)
+    async def apierror_response(request: Request, error: ApiError) -> Response:
+        return error_response(error.status, error.message, error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+    async def validationerror_response(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"])
-        return _error(400, f"{location}: {first['msg']}")
+        return error_response(400, f"{location}: {first['msg']}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> Response:
+    async def httperror_response(request: Request, error: HTTPException) -> Response:
         message = "route not found" if error.status_code == 404 else str(error.detail)
-        return _error(error.status_code, f"{request.method} {request.url.path}: {message}")
+        return error_response(error.status_code, f"{request.method} {request.url.path}: {message}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         LOGGER.exception("unhandled error on %s", request.url.path)
-        return _error(500, "internal error; the server log has the details")
+        return error_response(500, "internal error; the server log has the details")
 
     @app.get("/v2/health/live", tags=["health"], summary="Liveness: the process answers")
     async def live() -> Response:
@@ -105,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ready() -> Response:
         if app.state.models.ready and not app.state.models.draining:
             return Response(status_code=200)
-        return _error(503, "not ready: models are loading or the server is draining")
+        return error_response(503, "not ready: models are loading or the server is draining")
 
     @app.get("/v2", tags=["health"], summary="Server metadata")
     async def server_metadata() -> Response:
@@ -122,4 +127,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(native_router)
     app.include_router(oip_router)
     app.include_router(repository_router)
+    hot = [
+        route
+        for router in (native_router, oip_router)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS
+    ]
+    app.add_middleware(DirectRoutes, routes=hot)
+    app.add_middleware(
+        AccessMiddleware,
+        settings=settings,
+        metrics=metrics,
+        models=app.state.models,
+        keys=settings.bearer_keys(),
+    )
     return app

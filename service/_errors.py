@@ -1,8 +1,13 @@
-"""The error every route raises for a client-visible failure; the app renders it as ``{"error": ...}``."""
+"""The error every route raises for a client-visible failure, and its ``{"error": ...}`` rendering."""
 
 from __future__ import annotations
 
-__all__ = ["ApiError"]
+import orjson
+from starlette.responses import Response
+
+__all__ = ["ApiError", "error_body", "error_response"]
+
+JSON = "application/json"
 
 
 class ApiError(Exception):
@@ -13,3 +18,13 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+
+def error_body(message: str) -> bytes:
+    """The JSON error document ``{"error": message}``."""
+    return orjson.dumps({"error": message})
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An ``{"error": message}`` response with ``status`` and extra ``headers``."""
+    return Response(error_body(message), status_code=status, media_type=JSON, headers=headers)

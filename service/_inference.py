@@ -89,7 +89,7 @@ class Inference:
         self.delay_seconds = settings.max_queue_delay_ms / MILLISECONDS
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="covserve-infer")
         self._capacity = settings.workers + settings.max_queue
-        self._slots = asyncio.Semaphore(self._capacity)
+        self._admitted = 0  # requests queued or running; only touched on the event loop
         self._metrics = metrics
         self._batchers: weakref.WeakKeyDictionary[LoadedModel, _Batcher] = weakref.WeakKeyDictionary()
         self._running: set[asyncio.Task[None]] = set()
@@ -105,13 +105,14 @@ class Inference:
         Raises :class:`ApiError` 503 with ``Retry-After`` when the queue is full, and 500 when the model
         returns a non-finite mean or a covariance that is not symmetric positive definite for these rows.
         """
-        if self._slots.locked():
+        if self._admitted >= self._capacity:
             raise ApiError(
                 503,
                 f"server busy: {self._capacity} requests already queued or running; retry later",
                 {"Retry-After": RETRY_AFTER_SECONDS},
             )
-        async with self._slots:
+        self._admitted += 1
+        try:
             entry = _Waiting(inputs, asyncio.get_running_loop().create_future())
             if self.batching:
                 batcher = self._batchers.get(model)
@@ -121,6 +122,8 @@ class Inference:
             else:
                 self.start(model, [entry])
             return await entry.future
+        finally:
+            self._admitted -= 1
 
     def start(self, model: LoadedModel, batch: list[_Waiting]) -> None:
         """Run ``batch`` as one ``session.run`` in the background and resolve its futures."""

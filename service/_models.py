@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 
@@ -15,6 +16,9 @@ from service._settings import Settings
 __all__ = ["ServedModels"]
 
 LOGGER = logging.getLogger("covserve.service")
+VERSION_PATTERN = re.compile(r"[0-9]{1,18}")
+"""A version in a path: ASCII digits, bounded (``str.isdigit`` accepts '²'; ``int`` refuses 4300+ digits)."""
+MAX_ECHOED_CHARACTERS = 80
 
 
 class ServedModels:
@@ -82,21 +86,34 @@ class ServedModels:
             self.unloaded.add(name)
             LOGGER.info("unloaded %s", name)
 
-    def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The named model's ``version`` (latest when ``None``); 404 :class:`ApiError` otherwise."""
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The named model's ``version`` as written in a path (latest when ``None``).
+
+        :class:`ApiError` 400 when ``version`` is not a positive integer, 404 when it is not served.
+        """
+        number = None if version is None else _version_number(version)
         available = self.versions.get(name)
         if not available:
             known = ", ".join(sorted(self.versions)) or "none"
             raise ApiError(404, f"model {name!r} not found (served models: {known})")
-        if version is None:
+        if number is None:
             return available[max(available)]
-        if version not in available:
+        if number not in available:
             versions = ", ".join(str(v) for v in sorted(available))
-            raise ApiError(404, f"model {name!r} has no version {version} (served versions: {versions})")
-        return available[version]
+            raise ApiError(404, f"model {name!r} has no version {number} (served versions: {versions})")
+        return available[number]
 
     def __iter__(self) -> Iterator[LoadedModel]:
         snapshot = self.versions
         for name in sorted(snapshot):
             for version in sorted(snapshot[name]):
                 yield snapshot[name][version]
+
+
+def _version_number(text: str) -> int:
+    if not VERSION_PATTERN.fullmatch(text):
+        echoed = repr(text)
+        if len(echoed) > MAX_ECHOED_CHARACTERS:
+            echoed = echoed[: MAX_ECHOED_CHARACTERS - 3] + "..."
+        raise ApiError(400, f"version: expected a positive integer, got {echoed}")
+    return int(text)

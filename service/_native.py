@@ -176,7 +176,7 @@ def _respond(payload: dict[str, Any]) -> Response:
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
 
-async def _predict(request: Request, name: str, version: int | None) -> Response:
+async def _predict(request: Request, name: str, version: str | None) -> Response:
     state = request.app.state
     model = state.models.get(name, version)
     body = _parse(await read_body(request), PredictRequest)
@@ -228,7 +228,7 @@ async def predict_latest(request: Request, name: str) -> Response:
     openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLES),
     responses={200: {"content": {JSON: {"example": PREDICT_RESPONSE}}}, **ERRORS},
 )
-async def predict_version(request: Request, name: str, version: int) -> Response:
+async def predict_version(request: Request, name: str, version: str) -> Response:
     """As ``/v1/models/{name}/predict`` for one version."""
     return await _predict(request, name, version)
 

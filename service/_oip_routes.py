@@ -7,7 +7,6 @@ binary and JSON modes.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +34,6 @@ INPUT_NAME = "x"
 OUTPUT_NAMES = ("mean", "covariance", "scale")
 PLATFORM = "onnxruntime_onnx"
 NANOSECONDS = 1_000_000_000
-_VERSION_PATTERN = re.compile(r"[0-9]{1,18}")
-_MAX_ECHO = 80
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -55,19 +52,8 @@ class InferenceStatistics:
 
 
 def _model(request: Request, name: str, version: str | None) -> LoadedModel:
-    number: int | None = None
-    if version is not None:
-        # str.isdigit() also accepts '²' (int() rejects it) and int() refuses over 4300 digits: ASCII, bounded
-        if not _VERSION_PATTERN.fullmatch(version):
-            raise ApiError(400, f"version: expected a positive integer, got {_short(version)}")
-        number = int(version)
-    model: LoadedModel = request.app.state.models.get(name, number)
+    model: LoadedModel = request.app.state.models.get(name, version)
     return model
-
-
-def _short(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 3] + "..."
 
 
 def _output_shapes(model: LoadedModel) -> dict[str, list[int]]:

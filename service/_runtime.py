@@ -22,7 +22,9 @@ Provider selection
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -283,6 +285,23 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
+@functools.cache
+def _preload_cuda_libraries() -> str:
+    """Load CUDA and cuDNN from NVIDIA's pip wheels (the ``gpu`` extra) before the first CUDA session.
+
+    ONNX Runtime's ``preload_dlls`` finds them in site-packages, where the dynamic loader does not look;
+    with system-wide libraries it is harmless. It reports failures by printing; that text is returned
+    (empty when all loaded) for the error message of a CUDA session that does not attach.
+    """
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            ort.preload_dlls()
+        except (OSError, RuntimeError) as error:
+            print(error)
+    return printed.getvalue().strip()
+
+
 def _cuda_providers() -> list[Any]:
     return [(CUDA_PROVIDER, {"device_id": CUDA_DEVICE_ID}), CPU_PROVIDER]
 
@@ -306,6 +325,7 @@ def _cuda_session(
             f"--device cuda: the installed ONNX Runtime build ({ort.__version__}) has no "
             f"{CUDA_PROVIDER}, only {available}; {_GPU_HELP}"
         )
+    preload_report = _preload_cuda_libraries()
     try:
         with warnings.catch_warnings():  # ONNX Runtime's provider warnings repeat what the checks below say
             warnings.simplefilter("ignore")
@@ -315,14 +335,14 @@ def _cuda_session(
     except Exception as exc:
         raise DeviceUnavailableError(
             f"--device cuda: ONNX Runtime failed to create a CUDA session for {version.model_path}: "
-            f"{type(exc).__name__}: {exc}; {_GPU_HELP}"
+            f"{type(exc).__name__}: {exc}; {_loader_notes(preload_report)}{_GPU_HELP}"
         ) from exc
     attached = list(session.get_providers())
     if attached[:1] != [CUDA_PROVIDER]:
         raise DeviceUnavailableError(
             f"--device cuda: {CUDA_PROVIDER} is in this ONNX Runtime build but did not attach (the session "
             f"got {attached}; usually the CUDA or cuDNN libraries are missing or do not match the build, or "
-            f"no GPU is visible); {_GPU_HELP}"
+            f"no GPU is visible); {_loader_notes(preload_report)}{_GPU_HELP}"
         )
     return session
 
@@ -331,6 +351,7 @@ def _auto_session(
     model_bytes: bytes, options: ort.SessionOptions, version: ModelVersion
 ) -> ort.InferenceSession:
     if CUDA_PROVIDER in ort.get_available_providers():
+        _preload_cuda_libraries()
         try:
             with _silenced_ort():
                 session = ort.InferenceSession(
@@ -342,6 +363,10 @@ def _auto_session(
             if list(session.get_providers())[:1] == [CUDA_PROVIDER]:
                 return session
     return _create(model_bytes, options, [CPU_PROVIDER], version)
+
+
+def _loader_notes(preload_report: str) -> str:
+    return f"loading the CUDA libraries reported: {preload_report}; " if preload_report else ""
 
 
 @contextlib.contextmanager

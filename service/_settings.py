@@ -45,6 +45,14 @@ class Settings(BaseSettings):
         default=None, description="file of bearer tokens, one per line (# comments); adds to --api-keys"
     )
     protect_metrics: bool = Field(default=False, description="require a key on /metrics too")
+    access_log: bool = Field(
+        default=True, description="one JSON line per request on the covserve.access logger (false: off)"
+    )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's OpenTelemetry spans, metrics and logs through the configured providers "
+        "(see FASTAPI_OTEL_AUTO_CONFIGURE); off skips the per-request check",
+    )
     poll_seconds: float = Field(default=0.0, ge=0, description="reload changed versions this often (0: off)")
 
     @field_validator("api_keys", mode="before")

@@ -30,6 +30,7 @@ MODULES = [
     "service._access",
     "service._app",
     "service._body",
+    "service._direct",
     "service._errors",
     "service._inference",
     "service._metrics",

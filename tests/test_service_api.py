@@ -134,6 +134,8 @@ def test_condition_equals_gaussian_conditioning_of_the_onnx_outputs(server: str,
     [
         ("/v1/models/gamma/predict", {"inputs": [[1, 2, 3]]}, 404, "gamma"),
         ("/v1/models/beta/versions/9/predict", {"inputs": [[1, 2]]}, 404, "version 9"),
+        ("/v1/models/beta/versions/two/predict", {"inputs": [[1, 2]]}, 400, "positive integer, got 'two'"),
+        ("/v1/models/beta/versions/²/predict", {"inputs": [[1, 2]]}, 400, "positive integer, got '²'"),
         ("/v1/models/alpha/predict", {"inputs": [[1, 2]]}, 400, "expected rows of 3 features"),
         ("/v1/models/alpha/predict", {"inputs": []}, 400, "at least one row"),
         ("/v1/models/alpha/predict", {"inputs": [[1, 2, 3]] * 51}, 413, "at most 50 rows"),
@@ -177,6 +179,36 @@ def test_metrics_count_requests_and_monitor_uncertainty(server: str) -> None:
         assert f"covserve_{family}_bucket" in text
     assert 'covserve_predicted_log_det_count{model="alpha"}' in text
     assert 'covserve_input_mahalanobis_count{model="alpha"}' in text
+
+
+def test_request_labels_name_served_models_only(repository: Path) -> None:
+    """Paths naming unknown models or versions are counted under "", so clients cannot grow the series."""
+    versions = "/v1/models/{name}/versions/{version}/predict"
+    with running_server(Settings(repository=repository, threads=1)) as url:
+        for path, status in (
+            ("/v1/models/ghost-1/predict", 404),
+            ("/v1/models/ghost-2/predict", 404),
+            ("/v1/models/beta/versions/7/predict", 404),
+            ("/v1/models/beta/versions/2/predict", 200),
+        ):
+            assert httpx.post(f"{url}{path}", json={"inputs": [[0, 0]]}).status_code == status
+        assert httpx.get(f"{url}/v1/models/beta/predict").status_code == 405
+        text = httpx.get(f"{url}/metrics").text
+    assert "ghost" not in text
+    assert 'version="7"' not in text
+    latest = "/v1/models/{name}/predict"
+    assert f'covserve_requests_total{{code="404",model="",route="{latest}",version=""}} 2.0' in text
+    assert f'covserve_requests_total{{code="404",model="beta",route="{versions}",version=""}} 1.0' in text
+    assert f'covserve_requests_total{{code="200",model="beta",route="{versions}",version="2"}} 1.0' in text
+
+
+def test_access_log_can_be_switched_off(repository: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(repository=repository, access_log=False, threads=1)
+    with caplog.at_level(logging.INFO, logger="covserve.access"), running_server(settings) as url:
+        answered = httpx.post(f"{url}/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]})
+        assert answered.status_code == 200
+        assert len(answered.headers["x-request-id"]) == 32
+    assert [record for record in caplog.records if record.name == "covserve.access"] == []
 
 
 def test_auth_protects_inference_but_not_health(repository: Path) -> None:
