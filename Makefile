@@ -10,10 +10,10 @@ UCI_DIR ?= ../shared/datasets/uci
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# scripts/install.sh is the install step the Docker images run too (with their own extras).
+$(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade -c $(CONSTRAINTS) pip
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[train,dev,cpu,bench]"
+	sh scripts/install.sh $(BIN)/python train,dev,cpu,bench editable
 	touch $(STAMP)
 
 test: install
@@ -23,6 +23,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/*.Dockerfile
 
 # The main job: train the demo model unless the repository already has a version, then serve the
 # repository on 127.0.0.1:8000 until Ctrl-C.

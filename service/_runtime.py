@@ -78,7 +78,8 @@ _TENSOR_FLOAT = "tensor(float)"
 _GPU_HELP = (
     "install the GPU build of ONNX Runtime (`pip uninstall -y onnxruntime onnxruntime-gpu && "
     "pip install 'covserve[gpu]'`; both builds install the same `onnxruntime` module, so only one may be "
-    "installed), make sure the NVIDIA driver, CUDA 12 and cuDNN 9 libraries match that build and the GPU "
+    "installed; the `gpu` extra brings the CUDA and cuDNN libraries that build needs as NVIDIA wheels), make "
+    "sure the NVIDIA driver is recent enough for that CUDA version and the GPU "
     "is visible (`nvidia-smi`, `--gpus all` for containers), or start with --device auto (falls back to "
     "the CPU) or --device cpu"
 )
