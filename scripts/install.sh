@@ -13,9 +13,9 @@ python="$1"
 extras="$2"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 constraints="$root/constraints.txt"
-"$python" -m pip install --quiet --no-cache-dir --upgrade -c "$constraints" pip
+"$python" -m pip install --quiet --upgrade -c "$constraints" pip
 if [ "${3:-}" = editable ]; then
-    "$python" -m pip install --quiet --no-cache-dir -c "$constraints" -e "$root[$extras]"
+    "$python" -m pip install --quiet -c "$constraints" -e "$root[$extras]"
 else
-    "$python" -m pip install --quiet --no-cache-dir -c "$constraints" "$root[$extras]"
+    "$python" -m pip install --quiet -c "$constraints" "$root[$extras]"
 fi
