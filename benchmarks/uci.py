@@ -269,7 +269,8 @@ def _write(
         + describe_machine(("PyTorch", torch.__version__), ("NGBoost", ngboost.__version__))
         + " (CPU only, 1 torch thread)  ",
         f"Setup: {setup.trials} trial(s) (seed = trial for split, weights and batches), at most "
-        f"{setup.epochs} epochs with early stopping on validation NLL, lr {LEARNING_RATE:g}, batch 32, "
+        f"{setup.epochs} epochs with early stopping on the validation NLL of the exported model (after the "
+        f"calibration factor on the held-out split), lr {LEARNING_RATE:g}, batch 32, "
         "default networks; "
         f"NGBoost `MultivariateNormal`, at most {setup.estimators} rounds, early stopping after "
         f"{NGBOOST_EARLY_STOPPING}. Wall time {setup.seconds:.0f} s"

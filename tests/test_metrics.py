@@ -22,6 +22,7 @@ from scipy import stats
 
 from training.metrics import (
     DEFAULT_LEVELS,
+    calibrated_gaussian_nll,
     calibration,
     conditional_residuals,
     energy_score,
@@ -440,3 +441,21 @@ def test_variance_calibration_is_the_nll_minimiser_found_by_a_scalar_search(dim:
     assert factor == pytest.approx(float(np.exp(search.x)), rel=1e-4)
     assert gaussian_nll(mean, factor * covariance, target) <= gaussian_nll(mean, covariance, target)
     assert 5.0 < factor < 9.5
+
+
+@pytest.mark.parametrize("dim", DIMENSIONS)
+def test_calibrated_nll_is_the_nll_of_the_rescaled_covariances_and_ignores_their_scale(dim: int) -> None:
+    generator = np.random.default_rng(60 + dim)
+    mean = generator.normal(size=(200, dim))
+    factors = generator.normal(size=(200, dim, dim))
+    covariance = factors @ np.swapaxes(factors, -1, -2) + 0.5 * np.eye(dim)
+    target = mean + np.einsum(
+        "nij,nj->ni", np.linalg.cholesky(3.0 * covariance), generator.normal(size=(200, dim))
+    )
+    factor = variance_calibration(mean, covariance, target)
+    naive = gaussian_nll(mean, factor * covariance, target)
+    assert calibrated_gaussian_nll(mean, covariance, target) == pytest.approx(naive, rel=EXACT_RTOL)
+    for scale in (1e-3, 0.5, 40.0):
+        rescaled = calibrated_gaussian_nll(mean, scale * covariance, target)
+        assert rescaled == pytest.approx(naive, rel=1e-9)
+    assert calibrated_gaussian_nll(mean, covariance, target) <= gaussian_nll(mean, covariance, target)

@@ -91,3 +91,17 @@ def test_calibration_scales_the_raw_covariance_by_the_validation_optimum(tmp_pat
     assert variance_calibration(mean_on, covariance_on, split.validation.targets) == pytest.approx(
         1.0, rel=1e-3
     )
+
+
+def test_early_stopping_watches_the_nll_the_exported_model_will_have(tmp_path: Path) -> None:
+    """With calibration on, the best epoch is the one with the best NLL after the variance scale."""
+    split = load_split(DataConfig(in_dim=2, out_dim=2, samples=600, seed=4))
+    on = TrainConfig(method=LossName.W2_BOUND, epochs=4, device=Device.CPU, seed=4)
+    calibrated = train(split, on, ModelConfig(width=8, depth=1), run_dir=tmp_path / "on", progress=False)
+    scores = [record["val_nll_calibrated"] for record in calibrated.history]
+    assert calibrated.best_epoch == 1 + int(np.argmin(scores))
+    assert all(score <= record["val_nll"] for score, record in zip(scores, calibrated.history, strict=True))
+    off = on.model_copy(update={"calibrate": False})
+    plain = train(split, off, ModelConfig(width=8, depth=1), run_dir=tmp_path / "off", progress=False)
+    assert all("val_nll_calibrated" not in record for record in plain.history)
+    assert plain.best_epoch == 1 + int(np.argmin([record["val_nll"] for record in plain.history]))

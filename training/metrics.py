@@ -23,6 +23,7 @@ squared target units; ``gaussian_nll`` and ``kl_to_truth`` in nats; ``mahalanobi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_ENERGY_SAMPLES",
     "DEFAULT_LEVELS",
     "Calibration",
+    "calibrated_gaussian_nll",
     "calibration",
     "conditional_residuals",
     "energy_score",
@@ -227,6 +229,20 @@ def variance_calibration(mean: npt.ArrayLike, covariance: npt.ArrayLike, target:
     """
     distances = mahalanobis_squared(mean, covariance, target)
     return float(np.mean(distances) / np.shape(target)[-1])
+
+
+def calibrated_gaussian_nll(mean: npt.ArrayLike, covariance: npt.ArrayLike, target: npt.ArrayLike) -> float:
+    """Mean NLL of the targets under ``c · Σ`` with the NLL-optimal ``c`` of :func:`variance_calibration`.
+
+    Scale-free: it scores the means and the covariances' shapes, not their overall scale, so a model whose
+    covariances are right up to one factor (what post-training calibration fixes) is not penalised for it.
+    Closed form: ``gaussian_nll + ½ D (log c + 1 − c)``, since the mean NLL of ``c Σ`` is the mean NLL of
+    ``Σ`` plus ``½ D log c + ½ mean(m_n) (1/c − 1)`` and ``mean(m_n) = D c``. Shapes as for
+    :func:`gaussian_nll`.
+    """
+    factor = variance_calibration(mean, covariance, target)
+    dim: int = np.shape(target)[-1]
+    return gaussian_nll(mean, covariance, target) + 0.5 * dim * (math.log(factor) + 1.0 - factor)
 
 
 def gaussian_nll(mean: npt.ArrayLike, covariance: npt.ArrayLike, target: npt.ArrayLike) -> float:

@@ -26,7 +26,7 @@ from training.data import Split, Table
 from training.errors import UsageError
 from training.evaluate import compute_metrics
 from training.losses import LossName, LossSpec, get_loss
-from training.metrics import variance_calibration
+from training.metrics import calibrated_gaussian_nll, variance_calibration
 from training.networks import CovarianceModel, Standardisation
 from training.pseudolabels import PseudoLabels, compute_pseudo_labels
 
@@ -99,9 +99,20 @@ def _parameterisation_spec(config: TrainConfig) -> LossSpec:
     return _phase_loss(config, config.epochs - 1)
 
 
+CALIBRATED_NLL = "nll_calibrated"
+
+
 def _criterion(config: TrainConfig) -> str:
-    """Early stopping watches validation NLL, except for ``mse``, whose covariance is never trained."""
-    return "mse" if _parameterisation_spec(config).name is LossName.MSE else "nll"
+    """What early stopping and the learning-rate schedule watch on the validation rows.
+
+    ``mse`` for ``mse`` (its covariance is never trained). Otherwise the NLL of the model as it will be
+    exported: with ``calibrate`` on, the NLL after the optimal variance scale (``nll_calibrated``), because
+    the exported covariances get that scale; raw NLL would stop the W2 losses, whose covariances follow the
+    pseudo-labels and are over-confident by a large factor until calibration, after an epoch or two.
+    """
+    if _parameterisation_spec(config).name is LossName.MSE:
+        return "mse"
+    return CALIBRATED_NLL if config.calibrate else "nll"
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -318,7 +329,11 @@ def _train(
                     model, optimiser, spec, inputs, targets, labels, batches, config, epoch, progress
                 )
                 epoch_seconds.append(time.perf_counter() - started)
-                _, _, validation = score(model, split.validation, device)
+                mean, covariance, validation = score(model, split.validation, device)
+                if criterion == CALIBRATED_NLL:
+                    validation[CALIBRATED_NLL] = calibrated_gaussian_nll(
+                        mean, covariance, split.validation.targets
+                    )
                 scheduler.step(validation[criterion])
                 record = {
                     "epoch": float(epoch + 1),
