@@ -426,14 +426,23 @@ def test_asymmetric_and_non_finite_inputs_are_rejected() -> None:
         mse(mean, target)
 
 
+def _mis_scaled_predictions(
+    seed: int, rows: int, dim: int, truth_scale: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Random means and SPD covariances ``(rows, dim[, dim])``, and targets drawn from ``truth_scale · Σ``."""
+    generator = np.random.default_rng(seed)
+    mean = generator.normal(size=(rows, dim))
+    factors = generator.normal(size=(rows, dim, dim))
+    covariance = factors @ np.swapaxes(factors, -1, -2) + 0.5 * np.eye(dim)
+    noise = generator.normal(size=(rows, dim))
+    target = mean + np.einsum("nij,nj->ni", np.linalg.cholesky(truth_scale * covariance), noise)
+    return mean, covariance, target
+
+
 @pytest.mark.parametrize("dim", DIMENSIONS)
 def test_variance_calibration_is_the_nll_minimiser_found_by_a_scalar_search(dim: int) -> None:
-    generator = np.random.default_rng(40 + dim)
-    mean = generator.normal(size=(300, dim))
-    factors = generator.normal(size=(300, dim, dim))
-    covariance = factors @ np.swapaxes(factors, -1, -2) + 0.5 * np.eye(dim)
-    truth = 7.0 * covariance  # the predictions are 7× over-confident
-    target = mean + np.einsum("nij,nj->ni", np.linalg.cholesky(truth), generator.normal(size=(300, dim)))
+    # the predictions are 7× over-confident
+    mean, covariance, target = _mis_scaled_predictions(40 + dim, 300, dim, truth_scale=7.0)
     factor = variance_calibration(mean, covariance, target)
     search = scipy.optimize.minimize_scalar(
         lambda log_c: gaussian_nll(mean, np.exp(log_c) * covariance, target), bounds=(-5, 5), method="bounded"
@@ -445,13 +454,7 @@ def test_variance_calibration_is_the_nll_minimiser_found_by_a_scalar_search(dim:
 
 @pytest.mark.parametrize("dim", DIMENSIONS)
 def test_calibrated_nll_is_the_nll_of_the_rescaled_covariances_and_ignores_their_scale(dim: int) -> None:
-    generator = np.random.default_rng(60 + dim)
-    mean = generator.normal(size=(200, dim))
-    factors = generator.normal(size=(200, dim, dim))
-    covariance = factors @ np.swapaxes(factors, -1, -2) + 0.5 * np.eye(dim)
-    target = mean + np.einsum(
-        "nij,nj->ni", np.linalg.cholesky(3.0 * covariance), generator.normal(size=(200, dim))
-    )
+    mean, covariance, target = _mis_scaled_predictions(60 + dim, 200, dim, truth_scale=3.0)
     factor = variance_calibration(mean, covariance, target)
     naive = gaussian_nll(mean, factor * covariance, target)
     assert calibrated_gaussian_nll(mean, covariance, target) == pytest.approx(naive, rel=EXACT_RTOL)
