@@ -10,7 +10,8 @@ metrics include KL(truth ‖ prediction) and the squared 2-Wasserstein distance 
 trains every method from the same initial weights on the same batches (AdamW, ``--lr``, batch 32, early
 stopping on validation NLL) without the post-training variance calibration, as in the paper. Cost is the
 mean wall seconds per epoch and the peak memory during training (RSS growth on CPU), both plotted against
-D. Writes ``synthetic.md``, ``synthetic_cost.png`` and ``synthetic_accuracy.png`` to ``--output-dir``.
+D. Writes ``synthetic.md``, ``synthetic_cost.png`` and ``synthetic_accuracy.png`` to ``--output-dir``, with
+every fit's metrics in ``synthetic.json`` as it finishes; ``--resume`` reuses those (same settings only).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from _machine import describe_machine
 from _methods import Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
+from _store import FitStore
 
 from training.config import ModelConfig
 from training.data import DataConfig, load_split
@@ -68,6 +72,11 @@ def _arguments() -> argparse.Namespace:
         help="skip nll-tic above this D (its input Hessians cost O(D·M²) per row; default: never skip)",
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where to write results")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the fits in OUTPUT_DIR/synthetic.json that have the same settings (default: afresh)",
+    )
     return parser.parse_args()
 
 
@@ -108,8 +117,11 @@ def main() -> None:
     methods = parse_methods(args.methods)
     names = [m.name for m in methods]
     torch.set_num_threads(1)
+    settings = {"samples_per_dim": samples_per_dim, "epochs": epochs, "lr": LEARNING_RATE}
+    store = FitStore.open(args.output_dir / "synthetic.json", settings, _machine(), resume=args.resume)
     started = time.perf_counter()
     results: dict[int, list[Result]] = {}
+    finished: dict[int, int] = {}
     for dim in dims:
         for trial in range(trials):
             data = DataConfig(in_dim=dim, out_dim=dim, samples=samples_per_dim * dim, seed=trial)
@@ -117,14 +129,18 @@ def main() -> None:
             for method in methods:
                 if method.name == "nll-tic" and args.tic_max_dim is not None and dim > args.tic_max_dim:
                     continue
-                metrics = fit_and_score(
-                    method,
-                    split,
-                    epochs=epochs,
-                    lr=LEARNING_RATE,
-                    seed=trial,
-                    calibrate=False,
-                    model=ModelConfig(),
+                metrics = store.fit(
+                    f"D={dim}/trial={trial}/{method.name}",
+                    partial(
+                        fit_and_score,
+                        method,
+                        split,
+                        epochs=epochs,
+                        lr=LEARNING_RATE,
+                        seed=trial,
+                        calibrate=False,
+                        model=ModelConfig(),
+                    ),
                 )
                 results.setdefault(dim, []).append(Result(method.name, trial, metrics))
                 print(
@@ -132,34 +148,58 @@ def main() -> None:
                     f"{metrics['seconds_per_epoch']:.3f} s/epoch",
                     flush=True,
                 )
-        _write(args, results, names, dims, trials, epochs, samples_per_dim, time.perf_counter() - started)
+            finished[dim] = trial + 1
+            progress = Progress(dims, trials, finished, time.perf_counter() - started, store.provenance())
+            _write(args, results, names, epochs, samples_per_dim, progress)
+
+
+def _machine() -> str:
+    return describe_machine(("PyTorch", torch.__version__)) + " (CPU only, 1 torch thread)"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run got: trials finished per dimension, wall seconds, where its fits came from."""
+
+    dims: tuple[int, ...]
+    trials: int
+    finished: dict[int, int]
+    seconds: float
+    provenance: str
+
+    def unfinished(self) -> str:
+        """``"."`` when every dimension has all its trials, else a clause naming what is missing."""
+        missing = [
+            f"D = {dim} ({self.finished.get(dim, 0)} of {self.trials} trials)"
+            for dim in self.dims
+            if self.finished.get(dim, 0) < self.trials
+        ]
+        return f"; not finished yet: {', '.join(missing)}." if missing else "."
 
 
 def _write(
     args: argparse.Namespace,
     results: dict[int, list[Result]],
     names: list[str],
-    dims: tuple[int, ...],
-    trials: int,
     epochs: int,
     samples_per_dim: int,
-    seconds: float,
+    progress: Progress,
 ) -> None:
-    """Write the tables and plots of the dimensions finished so far (after every dimension, so that an
+    """Write the tables and plots of the trials finished so far (after every trial, so that an
     interrupted run keeps what it measured)."""
     args.output_dir.mkdir(parents=True, exist_ok=True)
     done = sorted(results)
-    pending = [dim for dim in dims if dim not in results]
     command = "python benchmarks/synthetic.py " + " ".join(sys.argv[1:])
     lines = [
         "# Synthetic multivariate: accuracy and cost against the target dimension",
         "",
         f"Command: `{command.strip()}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        "Machine: " + describe_machine(("PyTorch", torch.__version__)) + " (CPU only, 1 torch thread)  ",
-        f"Setup: D_in = D, {samples_per_dim}·D rows (80/10/10), {trials} trial(s), at most {epochs} epochs, "
-        f"lr {LEARNING_RATE:g}, batch 32, methods {', '.join(names)}; no variance calibration. "
-        f"Wall time {seconds:.0f} s" + (f"; dimensions {pending} not finished yet." if pending else "."),
+        f"Machine: {_machine()}  ",
+        f"Setup: D_in = D, {samples_per_dim}·D rows (80/10/10), {progress.trials} trial(s), at most {epochs} "
+        f"epochs, lr {LEARNING_RATE:g}, batch 32, methods {', '.join(names)}; no variance calibration. "
+        f"Wall time {progress.seconds:.0f} s{progress.unfinished()}  ",
+        f"Fits: {progress.provenance}",
         "",
         "Mean ± standard deviation over trials; the best mean of each column is in bold. KL and W2² are to "
         "the true Gaussians of the generator. — : not run (`--tic-max-dim` skips nll-tic above that D).",

@@ -15,7 +15,8 @@ Two tables per run:
   on the same splits with early stopping on the validation rows: the peer a user would pick instead.
 
 Metrics: MSE, NLL (nats per row), TAC, calibration error and fit seconds, mean ± std over trials.
-Writes ``uci.md`` to ``--output-dir``.
+Writes ``uci.md`` to ``--output-dir``, with every fit's metrics in ``uci.json`` as it finishes; ``--resume``
+reuses those (same settings only), so the seven data sets can be run in pieces.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import ngboost
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from _machine import describe_machine
 from _methods import Method, Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
+from _store import FitStore
 from ngboost import NGBRegressor
 from ngboost.distns import MultivariateNormal
 
@@ -110,6 +113,11 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})")
     parser.add_argument("--ngboost-estimators", type=int, default=None, help="NGBoost boosting rounds")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where to write uci.md")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the fits in OUTPUT_DIR/uci.json that have the same settings (default: afresh)",
+    )
     return parser.parse_args()
 
 
@@ -138,38 +146,39 @@ def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
 
 
 def _run(
-    datasets: list[str],
+    dataset: str,
     methods: list[Method],
     protocol: Protocol,
     args: argparse.Namespace,
+    store: FitStore,
     trials: int,
     epochs: int,
     estimators: int | None,
-) -> dict[str, list[Result]]:
-    results: dict[str, list[Result]] = {}
-    for name in datasets:
-        for trial in range(trials):
-            data = DataConfig(data=f"uci:{name}", data_dir=args.data_dir, protocol=protocol, seed=trial)
-            split = load_split(data)
-            for method in methods:
-                metrics = fit_and_score(
-                    method,
-                    split,
-                    epochs=epochs,
-                    lr=LEARNING_RATE,
-                    seed=trial,
-                    calibrate=protocol is Protocol.HOLDOUT,
-                    model=ModelConfig(),
-                )
-                results.setdefault(name, []).append(Result(method.name, trial, metrics))
-                print(
-                    f"{protocol.value} {name} trial {trial} {method.name}: NLL {metrics['nll']:.4g}",
-                    flush=True,
-                )
-            if estimators is not None:
-                metrics = _ngboost(split, estimators, trial)
-                results[name].append(Result("ngboost", trial, metrics))
-                print(f"{protocol.value} {name} trial {trial} ngboost: NLL {metrics['nll']:.4g}", flush=True)
+) -> list[Result]:
+    """Every trial of ``methods`` (and NGBoost when ``estimators`` is given) on one data set."""
+    results: list[Result] = []
+    for trial in range(trials):
+        data = DataConfig(data=f"uci:{dataset}", data_dir=args.data_dir, protocol=protocol, seed=trial)
+        split = load_split(data)
+        fits = {
+            method.name: partial(
+                fit_and_score,
+                method,
+                split,
+                epochs=epochs,
+                lr=LEARNING_RATE,
+                seed=trial,
+                calibrate=protocol is Protocol.HOLDOUT,
+                model=ModelConfig(),
+            )
+            for method in methods
+        }
+        if estimators is not None:
+            fits["ngboost"] = partial(_ngboost, split, estimators, trial)
+        for name, compute in fits.items():
+            metrics = store.fit(f"{protocol.value}/{dataset}/trial={trial}/{name}", compute)
+            results.append(Result(name, trial, metrics))
+            print(f"{protocol.value} {dataset} trial {trial} {name}: NLL {metrics['nll']:.4g}", flush=True)
     return results
 
 
@@ -228,15 +237,24 @@ def main() -> None:
     epochs = args.epochs or (1 if args.quick else FULL_EPOCHS)
     estimators = args.ngboost_estimators or (QUICK_NGBOOST_ESTIMATORS if args.quick else NGBOOST_ESTIMATORS)
     torch.set_num_threads(1)
+    settings = {"epochs": epochs, "ngboost_estimators": estimators, "lr": LEARNING_RATE}
+    store = FitStore.open(args.output_dir / "uci.json", settings, _machine(), resume=args.resume)
     started = time.perf_counter()
     tictac: dict[str, list[Result]] = {}
     holdout: dict[str, list[Result]] = {}
     for dataset in datasets:
-        tictac.update(_run([dataset], methods, Protocol.TICTAC, args, trials, epochs, None))
-        holdout.update(_run([dataset], methods, Protocol.HOLDOUT, args, trials, epochs, estimators))
+        tictac[dataset] = _run(dataset, methods, Protocol.TICTAC, args, store, trials, epochs, None)
+        holdout[dataset] = _run(dataset, methods, Protocol.HOLDOUT, args, store, trials, epochs, estimators)
         pending = [name for name in datasets if name not in holdout]
-        setup = Setup(trials, epochs, estimators, time.perf_counter() - started, pending)
+        setup = Setup(trials, epochs, estimators, time.perf_counter() - started, pending, store.provenance())
         _write(args, names, tictac, holdout, setup)
+
+
+def _machine() -> str:
+    return (
+        describe_machine(("PyTorch", torch.__version__), ("NGBoost", ngboost.__version__))
+        + " (CPU only, 1 torch thread)"
+    )
 
 
 @dataclass(frozen=True)
@@ -248,6 +266,7 @@ class Setup:
     estimators: int
     seconds: float
     pending: list[str]
+    provenance: str
 
 
 def _write(
@@ -265,16 +284,16 @@ def _write(
         "",
         f"Command: `{command.strip()}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        "Machine: "
-        + describe_machine(("PyTorch", torch.__version__), ("NGBoost", ngboost.__version__))
-        + " (CPU only, 1 torch thread)  ",
+        f"Machine: {_machine()}  ",
         f"Setup: {setup.trials} trial(s) (seed = trial for split, weights and batches), at most "
         f"{setup.epochs} epochs with early stopping on the validation NLL of the exported model (after the "
         f"calibration factor on the held-out split), lr {LEARNING_RATE:g}, batch 32, "
         "default networks; "
         f"NGBoost `MultivariateNormal`, at most {setup.estimators} rounds, early stopping after "
         f"{NGBOOST_EARLY_STOPPING}. Wall time {setup.seconds:.0f} s"
-        + (f"; not run yet: {', '.join(setup.pending)}." if setup.pending else "."),
+        + (f"; not run yet: {', '.join(setup.pending)}." if setup.pending else ".")
+        + "  ",
+        f"Fits: {setup.provenance}",
         "",
         "## Paper protocol (`--protocol tictac`, metrics on the training rows, no calibration)",
         "",

@@ -14,6 +14,7 @@ from training.covariance import (
     unrolled_cholesky,
 )
 from training.losses import wasserstein_bound
+from training.networks import ResidualMLP
 from training.pseudolabels import PseudoLabels
 
 DIMENSIONS = (1, 2, 3, 5, 8, 16)
@@ -148,6 +149,28 @@ def test_taylor_terms_match_analytic_derivatives() -> None:
     torch.testing.assert_close(terms.jacobian, expected_jacobian)
     torch.testing.assert_close(terms.hessian_gram, expected_gram)
     assert not terms.jacobian.requires_grad
+
+
+def test_taylor_terms_of_the_residual_network_match_row_by_row_autograd() -> None:
+    torch.manual_seed(3)
+    network = ResidualMLP(4, 3, width=16, depth=2).double()
+    network(torch.randn(64, 4, dtype=torch.float64))
+    network.eval()
+    inputs = torch.randn(5, 4, dtype=torch.float64)
+    terms = taylor_terms(network, inputs)
+
+    def single(x: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = network(x.unsqueeze(0)).squeeze(0)
+        return output
+
+    for row, x in enumerate(inputs):
+        jacobian = torch.autograd.functional.jacobian(single, x)
+        hessians = torch.stack(
+            [torch.autograd.functional.hessian(lambda v, d=d: single(v)[d], x) for d in range(3)]
+        )
+        torch.testing.assert_close(terms.jacobian[row], jacobian)
+        torch.testing.assert_close(terms.hessian_gram[row], torch.einsum("dij,eij->de", hessians, hessians))
+    assert float(terms.hessian_gram.abs().max()) > 1e-6
 
 
 def test_tic_covariance_grows_with_the_mean_network_slope() -> None:

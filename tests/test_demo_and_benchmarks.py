@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,13 +44,14 @@ def test_benchmark_quick_mode_writes_a_table(script: str, tmp_path: Path) -> Non
 
 
 UCI_DIR = ROOT.parent / "shared" / "datasets" / "uci"
+SYNTHETIC_OUTPUTS = ["synthetic.md", "synthetic_cost.png", "synthetic_accuracy.png", "synthetic.json"]
 
 
 @pytest.mark.parametrize(
     ("script", "extra", "outputs"),
     [
-        ("synthetic.py", [], ["synthetic.md", "synthetic_cost.png", "synthetic_accuracy.png"]),
-        ("uci.py", ["--data-dir", str(UCI_DIR)], ["uci.md"]),
+        ("synthetic.py", [], SYNTHETIC_OUTPUTS),
+        ("uci.py", ["--data-dir", str(UCI_DIR)], ["uci.md", "uci.json"]),
     ],
 )
 def test_evidence_benchmarks_quick_mode_writes_tables_and_plots(
@@ -85,3 +87,46 @@ def test_the_readme_python_examples_run(tmp_path: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     assert "torch.Size([32, 4, 4]) torch.Size([32])" in printed
     assert "(1, 4) (1, 4, 4)" in printed
+
+
+def _synthetic(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(ROOT / "benchmarks" / "synthetic.py"), "--quick", "--dims", "2"]
+    command += ["--methods", "mse,w2-bound", "--output-dir", str(tmp_path), *extra]
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+
+
+def test_evidence_benchmarks_resume_from_their_stored_fits(tmp_path: Path) -> None:
+    assert _synthetic(tmp_path).returncode == 0
+    store = tmp_path / "synthetic.json"
+    document = json.loads(store.read_text())
+    assert sorted(document["fits"]) == ["D=2/trial=0/mse", "D=2/trial=0/w2-bound"]
+    assert document["settings"] == {"samples_per_dim": 100, "epochs": 1, "lr": 0.001}
+    assert "Every fit ran in this invocation." in (tmp_path / "synthetic.md").read_text()
+
+    document["fits"]["D=2/trial=0/w2-bound"]["metrics"]["kl_to_truth"] = 123456.0
+    store.write_text(json.dumps(document))
+    resumed = _synthetic(tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = (tmp_path / "synthetic.md").read_text()
+    assert "1.235e+05 ± 0" in table
+    assert "2 fit(s) reused from earlier runs" in table
+
+    afresh = _synthetic(tmp_path)
+    assert afresh.returncode == 0
+    assert "1.235e+05" not in (tmp_path / "synthetic.md").read_text()
+
+
+def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(tmp_path: Path) -> None:
+    settings = {"samples_per_dim": 100, "epochs": 1, "lr": 0.001}
+    (tmp_path / "synthetic.json").write_text(json.dumps({"format": 1, "settings": settings, "fits": {}}))
+    other = _synthetic(tmp_path, "--resume", "--epochs", "2")
+    assert other.returncode != 0
+    assert "synthetic.json was written with other settings (epochs)" in other.stderr
+    assert "Traceback" not in other.stderr
+
+    (tmp_path / "synthetic.json").write_text("{not json")
+    broken = _synthetic(tmp_path, "--resume")
+    assert broken.returncode != 0
+    assert "--resume: cannot read" in broken.stderr
+    assert "synthetic.json" in broken.stderr
+    assert "Traceback" not in broken.stderr

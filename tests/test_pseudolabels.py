@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.numerics import INPUT_METRIC_RIDGE, PSEUDO_LABEL_JITTER
 from training.pseudolabels import (
     DEFAULT_NEIGHBOURS,
     PseudoLabels,
@@ -67,6 +68,36 @@ def test_chunked_and_unchunked_labels_are_identical() -> None:
     chunked = compute_pseudo_labels(inputs, targets, chunk_elements=1500 * 7)
     for field in ("mean", "covariance", "root", "log_det"):
         torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=0, atol=1e-12)
+
+
+def _naive_labels(inputs: np.ndarray, targets: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Algorithm 1 row by row: the full Mahalanobis distance matrix, a sort, softmax(−d / d̄), no chunks."""
+    covariance = np.cov(inputs, rowvar=False)
+    ridge = INPUT_METRIC_RIDGE * np.trace(covariance) / len(covariance)
+    metric = np.linalg.inv(covariance + ridge * np.eye(len(covariance)))
+    jitter = PSEUDO_LABEL_JITTER * targets.var(axis=0, ddof=1).mean()
+    means, covariances = [], []
+    for query in inputs:
+        difference = inputs - query
+        distances = np.einsum("nm,mk,nk->n", difference, metric, difference)
+        nearest = np.argsort(distances, kind="stable")[:neighbours]
+        logits = -distances[nearest] / distances[nearest].mean()
+        weights = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        mean = weights @ targets[nearest]
+        centred = targets[nearest] - mean
+        means.append(mean)
+        covariances.append((weights[:, None] * centred).T @ centred + jitter * np.eye(targets.shape[1]))
+    return np.array(means), np.array(covariances)
+
+
+def test_labels_match_a_naive_row_by_row_reference() -> None:
+    data = multivariate(3, 2, 400, seed=7)
+    labels = compute_pseudo_labels(
+        torch.from_numpy(data.inputs), torch.from_numpy(data.targets), neighbours=16, chunk_elements=400 * 13
+    )
+    means, covariances = _naive_labels(data.inputs, data.targets, 16)
+    np.testing.assert_allclose(labels.mean.numpy(), means, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(labels.covariance.numpy(), covariances, rtol=1e-9, atol=1e-12)
 
 
 def test_algorithm_1_on_a_hand_made_neighbourhood() -> None:

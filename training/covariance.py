@@ -35,7 +35,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, vmap
+from torch.func import jacrev, jvp, vmap
 from torch.nn.functional import softplus
 
 from training.numerics import DIAGONAL_FLOOR, RAW_OUTPUT_BOUND, RELATIVE_RIDGE
@@ -175,21 +175,36 @@ def taylor_terms(mean_network: Callable[[Tensor], Tensor], inputs: Tensor) -> Ta
     Parameters
     ----------
     mean_network
-        Maps ``(B, M)`` to ``(B, D)``. Put modules with batch statistics (BatchNorm) in eval mode first.
+        Maps ``(B, M)`` to ``(B, D)`` with every output row depending on its own input row only: put
+        modules with batch statistics (BatchNorm) in eval mode first.
     inputs
         ``(B, M)``.
 
-    The cost is ``O(B D M²)`` memory, which is why TIC is the expensive baseline.
+    Because rows do not interact, the reverse-mode Jacobian of the batch-summed outputs holds every row's
+    Jacobian ``(D, B, M)`` at once, and one forward-mode derivative of it per input direction (``M`` in
+    all, batched with ``vmap``) gives the Hessian columns of every row: whole-batch matrix products instead
+    of a reverse-over-reverse pass per row. The cost is ``O(B D M²)`` memory and ``O(D M)`` network
+    passes, which is why TIC is the expensive baseline.
     """
 
-    def single(x: Tensor) -> Tensor:
-        return mean_network(x.unsqueeze(0)).squeeze(0)
+    def summed(x: Tensor) -> Tensor:
+        return mean_network(x).sum(dim=0)
+
+    row_jacobians = jacrev(summed)
+    x = inputs.detach()
+    count, in_dim = x.shape
+    directions = torch.eye(in_dim, dtype=x.dtype, device=x.device).unsqueeze(1).expand(in_dim, count, in_dim)
+
+    def along(direction: Tensor) -> Tensor:
+        derivative: Tensor = jvp(row_jacobians, (x,), (direction,))[1]
+        return derivative
 
     with torch.no_grad():
-        jacobian = vmap(jacrev(single))(inputs.detach())
-        hessians = vmap(jacrev(jacrev(single)))(inputs.detach())
-    gram = torch.einsum("bdij,beij->bde", hessians, hessians)
-    return TaylorTerms(jacobian=jacobian, hessian_gram=_symmetrise(gram))
+        jacobian = row_jacobians(x)
+        hessian_columns = vmap(along)(directions)
+    # hessian_columns[m, d, b, a] = ∂²μ_d / ∂x_a ∂x_m at row b.
+    gram = torch.einsum("mdba,meba->bde", hessian_columns, hessian_columns)
+    return TaylorTerms(jacobian=jacobian.permute(1, 0, 2), hessian_gram=_symmetrise(gram))
 
 
 def _bounded(raw: Tensor) -> Tensor:
