@@ -175,8 +175,8 @@ def compute_pseudo_labels(
     chunk = max(1, min(count, chunk_elements // count))
 
     # [zᵢ, 1] · [−2 zⱼ; ‖zⱼ‖²] = ‖zⱼ‖² − 2 zᵢ·zⱼ ranks neighbours like the distance (‖zᵢ‖² is constant
-    # along a row): one plain matrix product per chunk, written into a reused block (twice as fast as a
-    # broadcast addmm), and ‖zᵢ‖² is added to the k survivors only.
+    # along a row): one plain matrix product per chunk, written into a reused block (1.5 to 4.5× faster
+    # than a broadcast addmm on CPU), and ‖zᵢ‖² is added to the k survivors only.
     queries = torch.cat([whitened, torch.ones_like(whitened[:, :1])], dim=1)
     keys = torch.cat([-2.0 * whitened, squared_norms[:, None]], dim=1).T.contiguous()
     block = torch.empty(chunk, count, dtype=torch.float64, device=y.device)
