@@ -6,9 +6,10 @@
     python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
 
 Every size runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own. Time is
-``O(N² M)`` (every pair's distance is computed, in row chunks); memory is ``O(chunk · N + N k)``, so the
-growth column should rise with ``N · k`` and never with ``N²``: the last column divides the growth by
-``N · k`` (bytes per label neighbour).
+``O(N² M)`` (every pair's distance is computed, in blocks of query rows × candidate rows); memory is
+``O(chunk · tile + N k)``, so the growth column should rise with ``N · k`` and never with ``N²``: the last
+column divides the growth by ``N · k`` (bytes per label neighbour). The table is rewritten to ``--output``
+after every size, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def main() -> None:
                 f"{per_neighbour:.1f} |"
             )
             print(lines[-1], flush=True)
+            _write(args.output, lines)
     if skipped:
         lines += ["", f"Not run here (`--max-samples`): N = {', '.join(str(n) for n in skipped)}."]
     lines += [
@@ -169,10 +171,13 @@ def main() -> None:
         "",
     ]
     lines += _ablation((2,) if args.quick else (4, 8), QUICK_NEIGHBOURS if args.quick else FULL_NEIGHBOURS)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text)
+    print("\n".join(lines))
+    _write(args.output, lines)
+
+
+def _write(output: Path | None, lines: list[str]) -> None:
+    if output is not None:
+        output.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

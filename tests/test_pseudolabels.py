@@ -61,13 +61,26 @@ def test_labels_are_spd_with_consistent_roots_and_log_dets(
     torch.testing.assert_close(batch.covariance, labels.covariance[[3, 1]])
 
 
-def test_chunked_and_unchunked_labels_are_identical() -> None:
+@pytest.mark.parametrize("include_self", [True, False])
+@pytest.mark.parametrize(
+    ("chunk_elements", "tile_columns", "neighbours"),
+    [(1500 * 7, 1500, 64), (97 * 5, 97, 64), (40 * 1000, 1000, 64), (256 * 5, 256, 4)],
+    ids=["row-chunks", "tiles-narrower-than-k-at-the-end", "two-uneven-tiles", "grouped-selection"],
+)
+def test_chunked_and_tiled_labels_equal_one_block(
+    include_self: bool, chunk_elements: int, tile_columns: int, neighbours: int
+) -> None:
+    """The last tile of 97 columns holds 45 (< k = 64) candidates, and 1000 leaves one of 500. Tiles of
+    256 with k = 4 hold 8 selection groups of 32, more than k, so they take the grouped selection."""
     data = multivariate(3, 2, 1500, seed=4)
     inputs, targets = torch.from_numpy(data.inputs), torch.from_numpy(data.targets)
-    whole = compute_pseudo_labels(inputs, targets, chunk_elements=1500 * 1500)
-    chunked = compute_pseudo_labels(inputs, targets, chunk_elements=1500 * 7)
+    options = {"include_self": include_self, "neighbours": neighbours}
+    whole = compute_pseudo_labels(inputs, targets, chunk_elements=1500 * 1500, **options)
+    chunked = compute_pseudo_labels(
+        inputs, targets, chunk_elements=chunk_elements, tile_columns=tile_columns, **options
+    )
     for field in ("mean", "covariance", "root", "log_det"):
-        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=0, atol=1e-12)
+        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=1e-10, atol=1e-12)
 
 
 def _naive_labels(inputs: np.ndarray, targets: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +103,18 @@ def _naive_labels(inputs: np.ndarray, targets: np.ndarray, neighbours: int) -> t
     return np.array(means), np.array(covariances)
 
 
-def test_labels_match_a_naive_row_by_row_reference() -> None:
-    data = multivariate(3, 2, 400, seed=7)
+@pytest.mark.parametrize(
+    ("samples", "tile_columns"), [(400, 400), (400, 23), (3000, 1024)], ids=["one-tile", "tiles", "grouped"]
+)
+def test_labels_match_a_naive_row_by_row_reference(samples: int, tile_columns: int) -> None:
+    """1024 columns are 32 selection groups, more than k = 16: the grouped selection against a full sort."""
+    data = multivariate(3, 2, samples, seed=7)
     labels = compute_pseudo_labels(
-        torch.from_numpy(data.inputs), torch.from_numpy(data.targets), neighbours=16, chunk_elements=400 * 13
+        torch.from_numpy(data.inputs),
+        torch.from_numpy(data.targets),
+        neighbours=16,
+        chunk_elements=tile_columns * 13,
+        tile_columns=tile_columns,
     )
     means, covariances = _naive_labels(data.inputs, data.targets, 16)
     np.testing.assert_allclose(labels.mean.numpy(), means, rtol=1e-9, atol=1e-12)
