@@ -74,10 +74,16 @@ def test_chunked_and_tiled_labels_equal_one_block(
     256 with k = 4 hold 8 selection groups of 32, more than k, so they take the grouped selection."""
     data = multivariate(3, 2, 1500, seed=4)
     inputs, targets = torch.from_numpy(data.inputs), torch.from_numpy(data.targets)
-    options = {"include_self": include_self, "neighbours": neighbours}
-    whole = compute_pseudo_labels(inputs, targets, chunk_elements=1500 * 1500, **options)
+    whole = compute_pseudo_labels(
+        inputs, targets, neighbours=neighbours, include_self=include_self, chunk_elements=1500 * 1500
+    )
     chunked = compute_pseudo_labels(
-        inputs, targets, chunk_elements=chunk_elements, tile_columns=tile_columns, **options
+        inputs,
+        targets,
+        neighbours=neighbours,
+        include_self=include_self,
+        chunk_elements=chunk_elements,
+        tile_columns=tile_columns,
     )
     for field in ("mean", "covariance", "root", "log_det"):
         torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=1e-10, atol=1e-12)
