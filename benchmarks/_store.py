@@ -9,6 +9,7 @@ and on which machine it ran, and the tables say how many fits came from earlier 
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from training.atomic import write_atomically
 
-__all__ = ["FitStore"]
+__all__ = ["FitStore", "add_store_arguments"]
 
 _FORMAT = 1
 
@@ -88,3 +89,15 @@ class FitStore:
             f"{self.reused} fit(s) reused from earlier runs of the same settings (`--resume`, "
             f"`{self.path.name}`); fits dated {dates[0]} to {dates[-1]} on: {'; '.join(machines)}."
         )
+
+
+def add_store_arguments(parser: argparse.ArgumentParser, default_output: Path, store_name: str) -> None:
+    """The ``--output-dir`` and ``--resume`` options of a benchmark that keeps its fits in ``store_name``."""
+    parser.add_argument(
+        "--output-dir", type=Path, default=default_output, help="where to write the tables and figures"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"reuse the fits in OUTPUT_DIR/{store_name} that have the same settings (default: afresh)",
+    )

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import describe_machine
+from _report import write_report
 
 from training.pseudolabels import (
     DEFAULT_NEIGHBOURS,
@@ -177,7 +178,7 @@ def main() -> None:
 
 def _write(output: Path | None, lines: list[str]) -> None:
     if output is not None:
-        output.write_text("\n".join(lines) + "\n")
+        write_report(output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

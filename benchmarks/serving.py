@@ -50,6 +50,7 @@ import torch
 import tritonclient.http as httpclient
 import uvicorn
 from _machine import describe_machine
+from _report import write_report
 from numpy.typing import NDArray
 
 from service._oip import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
@@ -682,7 +683,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output is not None:
-        args.output.write_text(text)
+        write_report(args.output, text)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from _machine import describe_machine
 from _methods import Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
-from _store import FitStore
+from _report import write_report
+from _store import FitStore, add_store_arguments
 
+from training.atomic import write_atomically
 from training.config import ModelConfig
 from training.data import DataConfig, load_split
 
@@ -53,6 +55,8 @@ ACCURACY_COLUMNS = (
 )
 COST_COLUMNS = (("seconds_per_epoch", "s / epoch"), ("peak_memory_mib", "peak MiB"))
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
+STORE_NAME = "synthetic.json"
+FIGURE_DPI = 110
 
 
 def _arguments() -> argparse.Namespace:
@@ -71,12 +75,7 @@ def _arguments() -> argparse.Namespace:
         default=None,
         help="skip nll-tic above this D (its input Hessians cost O(D·M²) per row; default: never skip)",
     )
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where to write results")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse the fits in OUTPUT_DIR/synthetic.json that have the same settings (default: afresh)",
-    )
+    add_store_arguments(parser, DEFAULT_OUTPUT, STORE_NAME)
     return parser.parse_args()
 
 
@@ -99,7 +98,7 @@ def _plot(
         axis.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=FIGURE_DPI))
     plt.close(figure)
 
 
@@ -118,7 +117,7 @@ def main() -> None:
     names = [m.name for m in methods]
     torch.set_num_threads(1)
     settings = {"samples_per_dim": samples_per_dim, "epochs": epochs, "lr": LEARNING_RATE}
-    store = FitStore.open(args.output_dir / "synthetic.json", settings, _machine(), resume=args.resume)
+    store = FitStore.open(args.output_dir / STORE_NAME, settings, _machine(), resume=args.resume)
     started = time.perf_counter()
     results: dict[int, list[Result]] = {}
     finished: dict[int, int] = {}
@@ -213,7 +212,7 @@ def _write(
             "",
         ]
     lines += _ratios(results, names)
-    (args.output_dir / "synthetic.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_report(args.output_dir / "synthetic.md", "\n".join(lines) + "\n")
     _plot(results, names, COST_COLUMNS, args.output_dir / "synthetic_cost.png")
     _plot(results, names, ACCURACY_COLUMNS[3:], args.output_dir / "synthetic_accuracy.png")
     print("\n".join(lines), flush=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from _machine import describe_machine
+from _report import write_report
 
 from training.metrics import tac
 
@@ -146,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = " ".join(["python", *sys.argv] if argv is None else ["python", "benchmarks/tac.py", *argv])
     table = render(timings, command, args.repeats)
     print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
+    write_report(args.output, table)
     print(f"wrote {args.output}")
 
 

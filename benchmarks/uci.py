@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from _machine import describe_machine
 from _methods import Method, Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
-from _store import FitStore
+from _report import write_report
+from _store import FitStore, add_store_arguments
 from ngboost import NGBRegressor
 from ngboost.distns import MultivariateNormal
 
@@ -56,6 +57,7 @@ QUICK_NGBOOST_ESTIMATORS = 10
 NGBOOST_EARLY_STOPPING = 20
 PEER_METHODS = ("w2-bound", "nll", "faithful")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
+STORE_NAME = "uci.json"
 
 PAPER_NAMES = {
     "nll": "NLL",
@@ -112,12 +114,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=None, help=f"trials (default {FULL_TRIALS})")
     parser.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})")
     parser.add_argument("--ngboost-estimators", type=int, default=None, help="NGBoost boosting rounds")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where to write uci.md")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse the fits in OUTPUT_DIR/uci.json that have the same settings (default: afresh)",
-    )
+    add_store_arguments(parser, DEFAULT_OUTPUT, STORE_NAME)
     return parser.parse_args()
 
 
@@ -238,7 +235,7 @@ def main() -> None:
     estimators = args.ngboost_estimators or (QUICK_NGBOOST_ESTIMATORS if args.quick else NGBOOST_ESTIMATORS)
     torch.set_num_threads(1)
     settings = {"epochs": epochs, "ngboost_estimators": estimators, "lr": LEARNING_RATE}
-    store = FitStore.open(args.output_dir / "uci.json", settings, _machine(), resume=args.resume)
+    store = FitStore.open(args.output_dir / STORE_NAME, settings, _machine(), resume=args.resume)
     started = time.perf_counter()
     tictac: dict[str, list[Result]] = {}
     holdout: dict[str, list[Result]] = {}
@@ -309,7 +306,7 @@ def _write(
     ]
     for dataset, cell in holdout.items():
         lines += [f"### {dataset}", "", *markdown_table(cell, [*names, "ngboost"], COLUMNS), ""]
-    (args.output_dir / "uci.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_report(args.output_dir / "uci.md", "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
 
