@@ -73,7 +73,7 @@ def _arguments() -> argparse.Namespace:
         "--tic-max-dim",
         type=int,
         default=None,
-        help="skip nll-tic above this D (its input Hessians cost O(D·M²) per row; default: never skip)",
+        help="skip nll-tic above this D (its Hessians take O(D·M) network passes a row; default: never skip)",
     )
     add_store_arguments(parser, DEFAULT_OUTPUT, STORE_NAME)
     return parser.parse_args()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from training.covariance import (
+    TAYLOR_CHUNK_ELEMENTS,
     CovarianceKind,
     TaylorTerms,
     make_parameterisation,
@@ -171,6 +172,30 @@ def test_taylor_terms_of_the_residual_network_match_row_by_row_autograd() -> Non
         torch.testing.assert_close(terms.jacobian[row], jacobian)
         torch.testing.assert_close(terms.hessian_gram[row], torch.einsum("dij,eij->de", hessians, hessians))
     assert float(terms.hessian_gram.abs().max()) > 1e-6
+
+
+def test_taylor_terms_in_chunks_equal_one_pass_and_bound_the_rows_per_pass() -> None:
+    torch.manual_seed(4)
+    network = ResidualMLP(6, 5, width=16, depth=2).double()
+    network(torch.randn(64, 6, dtype=torch.float64))
+    network.eval()
+    inputs = torch.randn(2 * TAYLOR_CHUNK_ELEMENTS // 30 + 7, 6, dtype=torch.float64)
+    rows_seen: list[int] = []
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:
+        rows_seen.append(x.shape[0])
+        output: torch.Tensor = network(x)
+        return output
+
+    default = taylor_terms(recorded, inputs)
+    one_pass = taylor_terms(network, inputs, chunk_rows=len(inputs))
+    uneven = taylor_terms(network, inputs, chunk_rows=7)
+    assert max(rows_seen) == TAYLOR_CHUNK_ELEMENTS // 30 < len(inputs)
+    for terms in (default, uneven):
+        torch.testing.assert_close(terms.jacobian, one_pass.jacobian, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(terms.hessian_gram, one_pass.hessian_gram, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        taylor_terms(network, inputs, chunk_rows=0)
 
 
 def test_tic_covariance_grows_with_the_mean_network_slope() -> None:
