@@ -205,7 +205,8 @@ def taylor_terms(
         chunk_rows = max(1, TAYLOR_CHUNK_ELEMENTS // max(1, out_dim * x.shape[-1]))
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows: expected at least 1, got {chunk_rows}")
-    chunks = [_taylor_chunk(mean_network, rows) for rows in x.split(chunk_rows)]
+    starts = range(0, max(len(x), 1), chunk_rows)
+    chunks = [_taylor_chunk(mean_network, x[start : start + chunk_rows]) for start in starts]
     return TaylorTerms(
         jacobian=torch.cat([chunk.jacobian for chunk in chunks]),
         hessian_gram=torch.cat([chunk.hessian_gram for chunk in chunks]),
