@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from training.atomic import write_atomically
+from _report import write_report
 
 __all__ = ["FitStore", "add_store_arguments"]
 
@@ -76,7 +76,7 @@ class FitStore:
         self.fits[key] = {"metrics": metrics, "date": date, "machine": self.machine}
         document = {"format": _FORMAT, "settings": self.settings, "fits": self.fits}
         text = json.dumps(document, indent=1, sort_keys=True) + "\n"
-        write_atomically(self.path, lambda handle: handle.write(text.encode("utf-8")))
+        write_report(self.path, text)
         return metrics
 
     def provenance(self) -> str:
