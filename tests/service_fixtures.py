@@ -13,8 +13,9 @@ import torch
 import uvicorn
 
 from service import Settings, create_app
+from tests.random_models import random_model
 from training.export import ModelCard, export_model
-from training.networks import CovarianceModel, Standardisation
+from training.networks import Standardisation
 
 STARTUP_TIMEOUT_SECONDS = 60.0
 
@@ -25,7 +26,7 @@ def export_tiny_model(repository: Path, name: str, in_dim: int, out_dim: int, ki
     inputs = generator.normal(size=(200, in_dim)) * 3.0 + 1.0
     targets = inputs[:, :1] * generator.normal(size=(1, out_dim)) + generator.normal(size=(200, out_dim))
     torch.manual_seed(seed)
-    model = CovarianceModel(in_dim, out_dim, kind, Standardisation.fit(inputs, targets), width=16, depth=1)
+    model = random_model(in_dim, out_dim, kind, Standardisation.fit(inputs, targets), width=16, depth=1)
     model.train()
     with torch.no_grad():
         model.predict(model.standardise_inputs(torch.as_tensor(inputs, dtype=torch.float32)))

@@ -198,6 +198,21 @@ def test_taylor_terms_in_chunks_equal_one_pass_and_bound_the_rows_per_pass() -> 
         taylor_terms(network, inputs, chunk_rows=0)
 
 
+@pytest.mark.parametrize("dim", [1, 4, 16])
+@pytest.mark.parametrize("kind", list(CovarianceKind))
+def test_identity_raw_gives_the_identity_covariance_up_to_the_ridge(kind: CovarianceKind, dim: int) -> None:
+    parameterisation = make_parameterisation(kind, dim)
+    raw = parameterisation.identity_raw()
+    assert raw.shape == (parameterisation.raw_size,)
+    flat = TaylorTerms(
+        torch.zeros(1, dim, 3, dtype=torch.float64), torch.zeros(1, dim, dim, dtype=torch.float64)
+    )
+    covariance = parameterisation(raw[None].double(), flat).covariance()[0]
+    ridge = 5e-3  # the sqrt head's Σ = (1 + 2e-3)² I
+    torch.testing.assert_close(covariance, torch.eye(dim, dtype=torch.float64), rtol=0, atol=ridge)
+    assert (covariance.diagonal() >= 1.0).all()
+
+
 def test_tic_covariance_grows_with_the_mean_network_slope() -> None:
     parameterisation = make_parameterisation(CovarianceKind.TIC, 2)
     raw = torch.zeros(1, parameterisation.raw_size, dtype=torch.float64)

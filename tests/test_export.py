@@ -23,6 +23,7 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
+from tests.random_models import random_model
 from training.errors import UsageError
 from training.evaluate import PREDICT_CHUNK_ROWS, compute_metrics, evaluate_model, predict_onnx
 from training.export import (
@@ -65,7 +66,7 @@ TRAIN_TARGETS = _targets(TRAIN_INPUTS, seed=2)
 def build_model(kind: str, seed: int = 0, width: int = 16, warm_batchnorm: bool = True) -> CovarianceModel:
     """A small model with random weights and non-trivial BatchNorm statistics, left in training mode."""
     torch.manual_seed(seed)
-    model = CovarianceModel(
+    model = random_model(
         IN_DIM, OUT_DIM, kind, Standardisation.fit(TRAIN_INPUTS, TRAIN_TARGETS), width=width, depth=1
     )
     if not warm_batchnorm:

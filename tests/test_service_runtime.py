@@ -41,6 +41,7 @@ from service._runtime import (
     available_cpus,
     load_model,
 )
+from tests.random_models import random_model
 from training.export import ModelCard, export_model
 from training.networks import CovarianceModel, Standardisation
 
@@ -90,7 +91,7 @@ def _build_model(kind: str, seed: int) -> CovarianceModel:
     """A tiny model with random weights and BatchNorm statistics moved off (0, 1)."""
     torch.manual_seed(seed)
     targets = np.stack([np.sin(TRAIN_INPUTS[:, 0]), TRAIN_INPUTS[:, 1] * 3.0], axis=1)
-    model = CovarianceModel(
+    model = random_model(
         IN_DIM, OUT_DIM, kind, Standardisation.fit(TRAIN_INPUTS, targets), width=WIDTH, depth=1
     )
     with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +10,20 @@ import pytest
 import torch
 
 from training.config import Device, ModelConfig, TrainConfig
+from training.covariance import taylor_terms
 from training.data import DataConfig, load_split
 from training.losses import LossName
 from training.metrics import variance_calibration
+from training.networks import CovarianceModel, Standardisation
 from training.trainer import CHECKPOINT_FILE, TrainingDivergedError, load_checkpoint, score, train
 
 CLAIM_SEEDS = (0, 1, 2)
 CLAIM_EPOCHS = 4
-CLAIM_MARGIN = 0.85
-"""W2-bound's mean KL must be below 85 % of NLL's. Measured (seeds 0-2, 4 epochs, defaults otherwise):
-w2-bound 0.267 / 0.179 / 0.301 (mean 0.249), nll 0.318 / 0.700 / 0.206 (mean 0.408)."""
+NLL_TOLERANCE = 1.5
+"""W2-bound's mean KL to the truth must stay below 1.5 times NLL's. Measured (seeds 0-2, 4 epochs, defaults
+otherwise): w2-bound 0.160 / 0.106 / 0.170 (mean 0.145), nll 0.124 / 0.098 / 0.112 (mean 0.111)."""
+MSE_MARGIN = 0.3
+"""...and below 0.3 times MSE's, whose covariance stays at its identity start: 0.857 / 0.446 / 0.886."""
 
 
 def test_a_non_finite_loss_names_epoch_batch_and_method_and_keeps_a_checkpoint(tmp_path: Path) -> None:
@@ -45,22 +50,62 @@ def _kl_to_truth(method: str, seed: int, run_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_w2_bound_learns_the_true_covariance_faster_than_nll_and_mse(tmp_path: Path) -> None:
-    """ToSS (Fig. 5): self-supervision with pseudo-labels converges faster than likelihood training. On the
-    TIC-TAC generator (4 → 4, N = 4000) after 4 epochs (400 steps at the paper's lr 3e-4, batch 32) the
-    W2-bound model is closer to the true Σ(x) than NLL (mean KL over three seeds, with a margin) and far
-    closer than MSE, whose covariance is never trained. With 8 epochs at lr 1e-3 the KL gap narrows to
-    about 10 % (0.151 against 0.167) and one seed of three favours NLL; the W2 distance still favours the
-    bound on every seed."""
+def test_w2_bound_learns_the_true_covariance_nearly_as_well_as_nll(tmp_path: Path) -> None:
+    """ToSS (Fig. 5) claims that self-supervision with pseudo-labels converges faster than likelihood
+    training. On the TIC-TAC generator (4 → 4, N = 4000) after 4 epochs the W2-bound model is far closer
+    to the true Σ(x) than MSE's untrained covariance, but NLL is closer still on every seed (KL and, on
+    two seeds of three, W2): the claim held here only while the covariance network started from PyTorch's
+    random initialisation (bound 0.249 against NLL 0.408), which slowed NLL more than the bound. Since
+    both start at Σ = I the bound is the slower one (see benchmarks/results/README.md)."""
     results = {
         method: [_kl_to_truth(method, seed, tmp_path) for seed in CLAIM_SEEDS]
         for method in ("w2-bound", "nll", "mse")
     }
     mean_kl = {method: float(np.mean([r["kl_to_truth"] for r in runs])) for method, runs in results.items()}
-    assert mean_kl["w2-bound"] < CLAIM_MARGIN * mean_kl["nll"], mean_kl
-    assert mean_kl["w2-bound"] < CLAIM_MARGIN * mean_kl["mse"], mean_kl
-    for bound, nll in zip(results["w2-bound"], results["nll"], strict=True):
-        assert bound["w2_to_truth"] < nll["w2_to_truth"]
+    mean_w2 = {method: float(np.mean([r["w2_to_truth"] for r in runs])) for method, runs in results.items()}
+    assert mean_kl["w2-bound"] < NLL_TOLERANCE * mean_kl["nll"], mean_kl
+    assert mean_kl["w2-bound"] < MSE_MARGIN * mean_kl["mse"], mean_kl
+    assert mean_w2["w2-bound"] < MSE_MARGIN * mean_w2["mse"], mean_w2
+
+
+@pytest.mark.parametrize("kind", ["cholesky", "sqrt", "diagonal", "tic"])
+def test_a_fresh_model_predicts_the_identity_covariance_for_every_input(kind: str) -> None:
+    split = load_split(DataConfig(in_dim=3, out_dim=4, samples=200))
+    standardisation = Standardisation.fit(split.train.inputs, split.train.targets)
+    model = CovarianceModel(3, 4, kind, standardisation, width=8, depth=1).eval()
+    inputs = model.standardise_inputs(torch.as_tensor(split.train.inputs, dtype=torch.float32))
+    with torch.no_grad():
+        prediction = model.predict(inputs)
+        covariance = prediction.covariance.covariance()
+    if kind == "tic":  # plus log 2 times the Taylor terms of the (random) mean network, not constant
+        taylor = taylor_terms(model.mean_network, inputs)
+        covariance = covariance - math.log(2.0) * (taylor.jacobian @ taylor.jacobian.mT + taylor.hessian_gram)
+    identity = torch.eye(4).expand_as(covariance)
+    torch.testing.assert_close(covariance, identity, rtol=0, atol=5e-3)
+
+
+COLLAPSE_DIM = 16
+COLLAPSE_ROWS = 2000
+COLLAPSE_MIN_ROOT_EIGENVALUE = 0.1
+"""Regression bound for the sqrt head's smallest root eigenvalue after two W2-bound epochs at ``D = 16``.
+Measured (seed 0, test rows, median): 0.26 from the identity start; 0.0015, the ridge, from PyTorch's
+default initialisation of the covariance network's output layer. The pseudo-labels' roots have 0.25."""
+
+
+def test_the_w2_bound_root_keeps_every_direction_at_dimension_16(tmp_path: Path) -> None:
+    """Regression: from a random start (Σ eigenvalues up to 29) the first epochs of the W2 bound shrank the
+    sqrt head's factor ``C`` past rank ``D − 1``. ``S = ridge(C Cᵀ)`` then sits at the ridge in that
+    direction, where the bound's gradient on ``C`` vanishes, and training never brought it back (KL to the
+    truth 26 110 in one benchmark trial at full size). The identity start keeps every direction."""
+    split = load_split(DataConfig(in_dim=COLLAPSE_DIM, out_dim=COLLAPSE_DIM, samples=COLLAPSE_ROWS, seed=0))
+    config = TrainConfig(method=LossName.W2_BOUND, epochs=2, seed=0, device=Device.CPU, calibrate=False)
+    result = train(split, config, ModelConfig(), run_dir=tmp_path, progress=False)
+    model = result.model.eval()
+    inputs = model.standardise_inputs(torch.as_tensor(split.test.inputs, dtype=torch.float32))
+    with torch.no_grad():
+        root = model.predict(inputs).covariance.factor
+    smallest = torch.linalg.eigvalsh(root.double())[:, 0]
+    assert smallest.median() > COLLAPSE_MIN_ROOT_EIGENVALUE, smallest.median()
 
 
 def test_hybrid_trains_the_bound_first_then_the_method_on_its_parameterisation(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ For the other kinds the bound uses their factor ``A``; it remains an upper bound
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,6 +256,18 @@ def _lower_triangular(raw: Tensor, dim: int) -> Tensor:
     return factor
 
 
+def _positive_inverse(value: float) -> float:
+    """The raw value that :func:`_positive` maps to ``value`` (which must exceed the floor)."""
+    softplus_argument = math.log(math.expm1(value - DIAGONAL_FLOOR))
+    return RAW_OUTPUT_BOUND * math.atanh(softplus_argument / RAW_OUTPUT_BOUND)
+
+
+def _identity_triangle(dim: int) -> Tensor:
+    """Raw values ``(D (D + 1) / 2,)`` that :func:`_lower_triangular` turns into the identity ``C = I``."""
+    rows, cols = torch.tril_indices(dim, dim)
+    return torch.where(rows == cols, _positive_inverse(1.0), 0.0)
+
+
 class Parameterisation(ABC):
     """Maps raw covariance-network outputs ``(B, raw_size)`` to a :class:`FactoredCovariance`."""
 
@@ -270,6 +283,14 @@ class Parameterisation(ABC):
     @abstractmethod
     def raw_size(self) -> int:
         """Number of raw outputs ``R`` the covariance network must emit per sample."""
+
+    @abstractmethod
+    def identity_raw(self) -> Tensor:
+        """Raw outputs ``(raw_size,)`` whose learned factor is the identity: ``Σ = I`` up to the ridge.
+
+        The covariance network's output layer starts there (:class:`training.networks.CovarianceModel`):
+        unit variance in standardised target units, the data's own scale.
+        """
 
     @abstractmethod
     def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance: ...
@@ -342,6 +363,9 @@ class CholeskyParameterisation(Parameterisation):
     def raw_size(self) -> int:
         return _triangle_size(self.dim)
 
+    def identity_raw(self) -> Tensor:
+        return _identity_triangle(self.dim)
+
     def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         inner = _lower_triangular(raw, self.dim)
         covariance = _ridge(inner @ inner.mT, DIAGONAL_FLOOR**2)
@@ -360,6 +384,9 @@ class SqrtParameterisation(Parameterisation):
     def raw_size(self) -> int:
         return _triangle_size(self.dim)
 
+    def identity_raw(self) -> Tensor:
+        return _identity_triangle(self.dim)
+
     def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         inner = _lower_triangular(raw, self.dim)
         root = _ridge(inner @ inner.mT, DIAGONAL_FLOOR)
@@ -374,6 +401,9 @@ class DiagonalParameterisation(Parameterisation):
     @property
     def raw_size(self) -> int:
         return self.dim
+
+    def identity_raw(self) -> Tensor:
+        return torch.full((self.dim,), _positive_inverse(1.0))
 
     def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         return TriangularCovariance(torch.diag_embed(_positive(raw)))
@@ -393,6 +423,11 @@ class TicParameterisation(Parameterisation):
     @property
     def raw_size(self) -> int:
         return _triangle_size(self.dim) + 2
+
+    def identity_raw(self) -> Tensor:
+        """``C = I`` and Taylor scales ``k₁ = k₂ = softplus(0) = log 2`` (the Taylor terms are the mean
+        network's and not the identity, so ``Σ = I + log 2 (J Jᵀ + ℋ)`` up to the ridge)."""
+        return torch.cat([_identity_triangle(self.dim), torch.zeros(2)])
 
     def _build(self, raw: Tensor, taylor: TaylorTerms | None, exportable: bool) -> FactoredCovariance:
         if taylor is None:
