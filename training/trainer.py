@@ -431,7 +431,13 @@ def _train_epoch(
             )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        gradient_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if not torch.isfinite(gradient_norm):
+            raise TrainingDivergedError(
+                f"non-finite gradient (loss {loss.item():.6g}) in epoch {epoch + 1}, batch {step + 1} with "
+                f"method {spec.name.value}; the weights are those before this batch (try a lower --lr or "
+                "another --method)"
+            )
         optimiser.step()
         total += loss.item() * len(index)
         count += len(index)
