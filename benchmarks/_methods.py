@@ -19,10 +19,11 @@ import torch
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import Split
 from training.losses import LossName
-from training.trainer import score, train
+from training.trainer import TrainingDivergedError, score, train
 
 __all__ = [
     "ALL_METHODS",
+    "DIVERGED",
     "HYBRID",
     "UNRANKED",
     "Method",
@@ -30,10 +31,14 @@ __all__ = [
     "fit_and_score",
     "markdown_table",
     "mean_and_spread",
+    "method_label",
     "parse_methods",
 ]
 
 HYBRID = "hybrid"
+DIVERGED = "diverged"
+"""Metric key (1.0) of a fit whose training stopped with ``TrainingDivergedError`` (no other metrics)."""
+
 ALL_METHODS: tuple[str, ...] = (
     "mse",
     "diagonal",
@@ -87,11 +92,17 @@ def fit_and_score(
 ) -> dict[str, float]:
     """Train ``method`` on ``split`` and return its test metrics plus ``seconds_per_epoch``,
     ``peak_memory_mib``, ``fit_seconds`` (training and scoring), the variance calibration factor and the
-    test NLL without it (run files go to a temporary directory)."""
+    test NLL without it (run files go to a temporary directory). A fit that diverges returns only
+    :data:`DIVERGED` and ``fit_seconds``: the tables then average the other trials and say how many
+    diverged (:func:`method_label`)."""
     started = time.perf_counter()
     config = method.train_config(epochs, lr, seed, calibrate)
     with tempfile.TemporaryDirectory(prefix="covserve-bench-") as scratch:
-        result = train(split, config, model, run_dir=Path(scratch), progress=False)
+        try:
+            result = train(split, config, model, run_dir=Path(scratch), progress=False)
+        except TrainingDivergedError as error:
+            print(f"{method.name} diverged: {error}", flush=True)
+            return {DIVERGED: 1.0, "fit_seconds": time.perf_counter() - started}
     device = torch.device("cpu")
     _, _, metrics = score(result.model, split.test, device)
     result.model.covariance_calibration.fill_(1.0)
@@ -103,6 +114,13 @@ def fit_and_score(
     metrics["targets"] = float(split.test.targets.shape[1])
     metrics["fit_seconds"] = time.perf_counter() - started
     return metrics
+
+
+def method_label(results: Iterable[Result], method: str) -> str:
+    """``method``, followed by ``(k of n diverged)`` when ``k`` of its ``n`` trials diverged."""
+    trials = [r for r in results if r.method == method]
+    diverged = sum(1 for r in trials if r.metrics.get(DIVERGED))
+    return f"{method} ({diverged} of {len(trials)} diverged)" if diverged else method
 
 
 def mean_and_spread(results: Iterable[Result], method: str, key: str) -> tuple[float, float]:
@@ -137,5 +155,5 @@ def markdown_table(
             text = "—" if np.isnan(mean) else f"{mean:.4g} ± {spread:.2g}"
             bold = mean == best[key] and not np.isnan(mean) and key not in UNRANKED
             cells.append(f"**{text}**" if bold else text)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_label(results, method)} | " + " | ".join(cells) + " |")
     return lines

@@ -142,11 +142,9 @@ def main() -> None:
                     ),
                 )
                 results.setdefault(dim, []).append(Result(method.name, trial, metrics))
-                print(
-                    f"D={dim} trial {trial} {method.name}: KL {metrics['kl_to_truth']:.4g}, "
-                    f"{metrics['seconds_per_epoch']:.3f} s/epoch",
-                    flush=True,
-                )
+                kl = metrics.get("kl_to_truth", float("nan"))
+                seconds = metrics.get("seconds_per_epoch", float("nan"))
+                print(f"D={dim} trial {trial} {method.name}: KL {kl:.4g}, {seconds:.3f} s/epoch", flush=True)
             finished[dim] = trial + 1
             progress = Progress(dims, trials, finished, time.perf_counter() - started, store.provenance())
             _write(args, results, names, epochs, samples_per_dim, progress)

@@ -34,7 +34,15 @@ import ngboost
 import numpy as np
 import torch
 from _machine import describe_machine
-from _methods import Method, Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
+from _methods import (
+    Method,
+    Result,
+    fit_and_score,
+    markdown_table,
+    mean_and_spread,
+    method_label,
+    parse_methods,
+)
 from _report import write_report
 from _store import FitStore, add_store_arguments
 from ngboost import NGBRegressor
@@ -175,7 +183,8 @@ def _run(
         for name, compute in fits.items():
             metrics = store.fit(f"{protocol.value}/{dataset}/trial={trial}/{name}", compute)
             results.append(Result(name, trial, metrics))
-            print(f"{protocol.value} {dataset} trial {trial} {name}: NLL {metrics['nll']:.4g}", flush=True)
+            nll = metrics.get("nll", float("nan"))
+            print(f"{protocol.value} {dataset} trial {trial} {name}: NLL {nll:.4g}", flush=True)
     return results
 
 
@@ -212,7 +221,7 @@ def _paper_table(results: dict[str, list[Result]], names: list[str]) -> list[str
             tac, tac_spread = mean_and_spread(cell, method, "tac")
             error, error_spread = mean_and_spread(cell, method, "calibration_error")
             lines.append(
-                f"| {dataset} | {method} | {_paper_cell(cell, method, 'mse', dataset)} | "
+                f"| {dataset} | {method_label(cell, method)} | {_paper_cell(cell, method, 'mse', dataset)} | "
                 f"{_paper_cell(cell, method, 'nll', dataset)} | {tac:.4g} ± {tac_spread:.2g} | "
                 f"{error:.3f} ± {error_spread:.2g} |"
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -10,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.degenerate_data import constant_target_split
 from training.config import Device, ModelConfig, TrainConfig
 from training.covariance import taylor_terms
-from training.data import DataConfig, Table, load_split
+from training.data import DataConfig, load_split
 from training.losses import LossName
 from training.metrics import variance_calibration
 from training.networks import CovarianceModel, Standardisation
@@ -41,17 +41,9 @@ def test_a_non_finite_loss_names_epoch_batch_and_method_and_keeps_a_checkpoint(t
 
 
 def test_a_non_finite_gradient_stops_before_the_step_with_a_clear_error(tmp_path: Path) -> None:
-    """Constant targets make every pseudo-label and the identity start's covariance multiples of ``I``: the
-    exact W2 loss is finite there but its eigendecomposition's gradient is NaN. Before the check, the NaN
+    """On constant targets the exact W2 loss is finite but its gradient is NaN. Before the check, the NaN
     step poisoned the weights and the next batch died in a Cholesky factorisation with a traceback."""
-    split = load_split(DataConfig(samples=200))
-
-    def constant(table: Table) -> Table:
-        return dataclasses.replace(table, targets=np.ones_like(table.targets))
-
-    split = dataclasses.replace(
-        split, train=constant(split.train), validation=constant(split.validation), test=constant(split.test)
-    )
+    split = constant_target_split()
     config = TrainConfig(method=LossName.W2, epochs=2, device=Device.CPU)
     with pytest.raises(
         TrainingDivergedError, match=r"non-finite gradient .* in epoch 1, batch 1 with method w2"

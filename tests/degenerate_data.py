@@ -1,0 +1,23 @@
+"""Data sets that push training into numerical corners, for divergence tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from training.data import DataConfig, Split, Table, load_split
+
+
+def constant_target_split(samples: int = 200) -> Split:
+    """The synthetic split with every target set to 1: every pseudo-label and the identity start's
+    covariance are then multiples of ``I``, where the exact W2 loss's eigendecomposition has a NaN gradient
+    and a finite value."""
+    split = load_split(DataConfig(samples=samples))
+
+    def constant(table: Table) -> Table:
+        return dataclasses.replace(table, targets=np.ones_like(table.targets))
+
+    return dataclasses.replace(
+        split, train=constant(split.train), validation=constant(split.validation), test=constant(split.test)
+    )
