@@ -50,7 +50,7 @@ def test_fit_then_evaluate_a_named_csv(tmp_path: Path, capsys: pytest.CaptureFix
     assert metadata["input_names"] == ["temperature", "pressure"]
     assert metadata["target_names"] == ["yield_a", "yield_b"]
     assert metadata["method"] == "w2-bound"
-    assert metadata["parameterisation"] == "sqrt"
+    assert metadata["parameterisation"] == "cholesky"
     (run,) = (tmp_path / "runs").iterdir()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     report = json.loads((run / "report.json").read_text())

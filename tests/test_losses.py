@@ -158,6 +158,38 @@ def test_w2_bound_with_the_sqrt_factor_matches_its_formula() -> None:
     torch.testing.assert_close(value, torch.from_numpy(expected), rtol=1e-7, atol=1e-7)
 
 
+def test_w2_bound_with_the_cholesky_factor_matches_its_formula() -> None:
+    mean, covariance, target = _prediction(CovarianceKind.CHOLESKY)
+    labels = _labels_from(_random_spd(BATCH, DIM, seed=9))
+    predicted_factor = np.linalg.cholesky(covariance.covariance().numpy())
+    label_factor = np.linalg.cholesky(labels.covariance.numpy())
+    expected = ((target - mean) ** 2).sum(dim=-1).numpy() + ((predicted_factor - label_factor) ** 2).sum(
+        axis=(1, 2)
+    )
+    value = wasserstein_bound(mean, covariance, target, labels)
+    torch.testing.assert_close(value, torch.from_numpy(expected), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", [CovarianceKind.CHOLESKY, CovarianceKind.SQRT])
+def test_w2_bound_vanishes_exactly_when_the_prediction_equals_the_label(kind: CovarianceKind) -> None:
+    """With a factor of the same form on both sides, ``Σ̂ = Σ̃`` is the bound's minimum (zero); a Cholesky
+    prediction against the label's symmetric root would be ``‖L − Σ̃^{½}‖²_F > 0`` there instead."""
+    label = _random_spd(BATCH, DIM, seed=11)
+    labels = _labels_from(label)
+    zeros = torch.zeros(BATCH, DIM, dtype=torch.float64)
+    factored = (
+        TriangularCovariance(torch.linalg.cholesky(label))
+        if kind is CovarianceKind.CHOLESKY
+        else SymmetricRootCovariance(labels.root)
+    )
+    at_label = wasserstein_bound(zeros, factored, zeros, labels)
+    torch.testing.assert_close(at_label, torch.zeros(BATCH, dtype=torch.float64), rtol=0.0, atol=1e-20)
+    mixed_forms = (torch.linalg.cholesky(label) - labels.root).square().sum(dim=(-2, -1))
+    assert (mixed_forms > 1e-3).all()
+    shifted = type(factored)(factored.factor * 1.01)
+    assert (wasserstein_bound(zeros, shifted, zeros, labels) > 0.0).all()
+
+
 @st.composite
 def _spd_batches(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
     dim = draw(st.integers(min_value=1, max_value=6))
@@ -201,11 +233,12 @@ def test_theorem_1_equality_for_commuting_covariances(dim: int, seed: int) -> No
     torch.testing.assert_close(exact, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_w2_bound_gradient_is_finite_where_eigh_w2_is_not() -> None:
+@pytest.mark.parametrize("kind", [CovarianceKind.CHOLESKY, CovarianceKind.SQRT])
+def test_w2_bound_gradient_is_finite_where_eigh_w2_is_not(kind: CovarianceKind) -> None:
     """Observed with torch 2.13: for Σ̂ = Σ̃ = I (repeated eigenvalues) exact W2's gradient is all-NaN, and
     for eigenvalues 1e-9 apart it exceeds 1e3 (eigh's backward divides by the gap); the bound's gradient
-    is finite and exactly zero at the optimum."""
-    parameterisation = make_parameterisation(CovarianceKind.SQRT, 3)
+    is finite."""
+    parameterisation = make_parameterisation(kind, 3)
     labels = _labels_from(torch.eye(3, dtype=torch.float64).expand(2, 3, 3).clone())
     zeros = torch.zeros(2, 3, dtype=torch.float64)
 
@@ -243,7 +276,7 @@ def test_registry_covers_every_name_and_accepts_plain_strings() -> None:
         "w2-bound",
         "nll-tic",
     }
-    assert get_loss("w2-bound").parameterisation is CovarianceKind.SQRT
+    assert get_loss("w2-bound").parameterisation is CovarianceKind.CHOLESKY
     assert get_loss("nll-tic").parameterisation is CovarianceKind.TIC
     assert {n.value for n in LossName if get_loss(n).needs_pseudo_labels} == {"kl", "w2", "w2-bound"}
     with pytest.raises(ValueError, match=r"loss: expected one of mse, nll, .*, got 'w3'"):

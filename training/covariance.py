@@ -18,10 +18,11 @@ kind              covariance                                       raw outputs `
 ``tic``           ``Σ = ridge(k₁ J Jᵀ + k₂ ℋ + C Cᵀ)`` (TIC-TAC)     ``D (D + 1) / 2 + 2``
 ================  ===============================================  ==========================
 
-``sqrt`` is the parameterisation the 2-Wasserstein bound wants: its factor ``S`` *is* the symmetric
-square root ``Σ^{1/2}``, so ``‖S − Σ̃^{1/2}‖_F`` is exactly the paper's bound with no matrix root taken.
-For the other kinds the bound uses their factor ``A``; it remains an upper bound on W2 for any factor
-(von Neumann's trace inequality), only not tight for commuting covariances.
+The ``sqrt`` factor ``S`` *is* the symmetric square root ``Σ^{1/2}``, so ``‖S − Σ̃^{1/2}‖_F`` is the
+paper's bound as printed, with no matrix root taken. The registered ``w2-bound`` trains the ``cholesky``
+head against the labels' Cholesky factors instead (:mod:`training.losses` says why); ``‖A − B‖²_F`` bounds
+the covariance part of W2² from above for any factors ``A Aᵀ = Σ̂``, ``B Bᵀ = Σ̃``
+(:attr:`FactoredCovariance.symmetric_factor` says which form a factor has).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def _symmetrise(matrix: Tensor) -> Tensor:
 class FactoredCovariance(ABC):
     """A batch of covariances ``Σ = A Aᵀ`` held through a square, invertible factor ``A`` ``(B, D, D)``."""
 
+    symmetric_factor: ClassVar[bool]
+    """Whether ``A`` is the symmetric root ``Σ^{1/2}`` (else the lower Cholesky factor of ``Σ``)."""
+
     def __init__(self, factor: Tensor) -> None:
         self.factor = factor
 
@@ -120,6 +124,8 @@ class FactoredCovariance(ABC):
 class TriangularCovariance(FactoredCovariance):
     """``Σ = L Lᵀ`` with ``L`` lower triangular with a positive diagonal (a Cholesky factor)."""
 
+    symmetric_factor = False
+
     def log_det(self) -> Tensor:
         """``2 Σᵢ log Lᵢᵢ`` ``(B,)``."""
         return 2.0 * torch.diagonal(self.factor, dim1=-2, dim2=-1).log().sum(dim=-1)
@@ -140,6 +146,8 @@ class SymmetricRootCovariance(FactoredCovariance):
     The factor is ``S`` itself (``S Sᵀ = S² = Σ``). ``log det Σ = 4 Σᵢ log Tᵢᵢ`` and
     ``S⁻¹ v = T⁻ᵀ T⁻¹ v``.
     """
+
+    symmetric_factor = True
 
     @cached_property
     def root_cholesky(self) -> Tensor:
