@@ -216,8 +216,9 @@ def build_model(split: Split, config: TrainConfig, model_config: ModelConfig) ->
 def _pseudo_labels(model: CovarianceModel, table: Table, config: TrainConfig) -> PseudoLabels | None:
     if not any(_phase_loss(config, epoch).needs_pseudo_labels for epoch in (0, config.epochs - 1)):
         return None
-    inputs = model.standardise_inputs(torch.as_tensor(table.inputs, dtype=torch.float32))
-    targets = model.standardise_targets(torch.as_tensor(table.targets, dtype=torch.float32))
+    device = model.input_mean.device  # where the model is: the labels are computed there
+    inputs = model.standardise_inputs(torch.as_tensor(table.inputs, dtype=torch.float32, device=device))
+    targets = model.standardise_targets(torch.as_tensor(table.targets, dtype=torch.float32, device=device))
     neighbours = min(config.neighbours, len(table) - 1)
     return compute_pseudo_labels(inputs, targets, neighbours=neighbours, temperature=config.temperature)
 
