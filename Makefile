@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/tac.py
 	$(BIN)/python benchmarks/pseudolabels.py
 	$(BIN)/python benchmarks/serving.py --output benchmarks/results/serving.md
+	$(BIN)/python benchmarks/gpu.py --output benchmarks/results/gpu/gpu.md
 	$(BIN)/python benchmarks/synthetic.py
 	$(BIN)/python benchmarks/uci.py --data-dir $(UCI_DIR)
 

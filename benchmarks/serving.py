@@ -82,6 +82,8 @@ WARM_UP_FRACTION = 0.2
 RAW_WARM_UP_RUNS = 20
 SERVER_THREADS = 1
 SERVER_WORKERS = 2
+CPU = "cpu"
+CUDA = "cuda"
 BATCHING = {"off": [], "on": ["--max-queue-delay-ms", "2", "--max-batch-size", "1024"]}
 
 ECHO_TARGET = 0.7
@@ -267,14 +269,21 @@ def _rows(count: int) -> NDArray[np.float32]:
     return rows.astype(np.float32)
 
 
-def _raw_ceiling(model_path: Path, seconds: float) -> RawCeiling:
-    """``session.run`` on one 256-row batch, repeated for ``seconds``, with the service's session options."""
+def _raw_ceiling(model_path: Path, seconds: float, device: str) -> RawCeiling:
+    """``session.run`` on one 256-row batch, repeated for ``seconds``, with the service's session options
+    (on ``device``: ``cuda`` runs the graph with the CUDA execution provider)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = SERVER_THREADS
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if device == CUDA:
+        ort.preload_dlls()  # the CUDA and cuDNN wheels' libraries, as the service does
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(model_path), options, providers=providers)
+    if session.get_providers()[0] != providers[0]:
+        raise RuntimeError(f"{providers[0]} did not attach: {session.get_providers()}")
     feed = {INPUT_NAME: _rows(BATCH_ROWS)}
     for _ in range(RAW_WARM_UP_RUNS):
         session.run(None, feed)
@@ -427,7 +436,7 @@ def _server(arguments: list[str], log: Path) -> Iterator[Server]:
                 process.wait()
 
 
-def _covserve_arguments(repository: Path) -> list[str]:
+def _covserve_arguments(repository: Path, device: str) -> list[str]:
     return [
         "-m",
         "service",
@@ -440,7 +449,7 @@ def _covserve_arguments(repository: Path) -> list[str]:
         "--workers",
         str(SERVER_WORKERS),
         "--device",
-        "cpu",
+        device,
         "--access-log",
         "false",
     ]
@@ -559,8 +568,9 @@ def _targets(cells: list[Cell], echo: Cell, raw: RawCeiling) -> list[str]:
     ]
 
 
-def _command(quick: bool, seconds: float | None) -> str:
+def _command(quick: bool, seconds: float | None, device: str) -> str:
     flags = (" --quick" if quick else "") + (f" --seconds {seconds:g}" if seconds is not None else "")
+    flags += f" --device {device}" if device != CPU else ""
     return f"python benchmarks/serving.py{flags}"
 
 
@@ -587,6 +597,12 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per cell")
+    parser.add_argument(
+        "--device",
+        choices=(CPU, CUDA),
+        default=CPU,
+        help="server --device and raw ceiling provider",
+    )
     args = parser.parse_args()
     seconds: float = args.seconds or (QUICK_SECONDS if args.quick else FULL_SECONDS)
     concurrencies = QUICK_CONCURRENCY if args.quick else FULL_CONCURRENCY
@@ -596,12 +612,15 @@ def main() -> None:
     lines = [
         "# Serving throughput and latency",
         "",
-        f"Command: `{_command(args.quick, args.seconds)}`  ",
+        f"Command: `{_command(args.quick, args.seconds, args.device)}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        "Machine: " + describe_machine(("ONNX Runtime", ort.__version__), ("uvicorn", uvicorn.__version__)),
+        "Machine: "
+        + describe_machine(("ONNX Runtime", ort.__version__), ("uvicorn", uvicorn.__version__))
+        + (f"; GPU: {torch.cuda.get_device_name(0)}" if args.device == CUDA else ""),
         "",
         f"Model: {IN_DIM} inputs → {OUT_DIM} targets, {KIND} parameterisation, width {WIDTH}, depth {DEPTH}. "
-        f"Server: `python -m service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} --device cpu "
+        f"Server: `python -m service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} "
+        f"--device {args.device} "
         f"--access-log false` in its own process on {HOST} (the echo runs with uvicorn's `--no-access-log`; "
         "the last section measures the access log's cost). Load: asyncio streams with pre-encoded HTTP/1.1 "
         "requests, closed loop, "
@@ -614,21 +633,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="covserve-serving-") as scratch:
         directory = Path(scratch)
         model_path = _export(directory / "models")
-        raw = _raw_ceiling(model_path, seconds)
+        raw = _raw_ceiling(model_path, seconds, args.device)
         print(f"raw session.run: {raw.rows_per_second:,.0f} rows/s", flush=True)
         with _server(_echo_arguments(directory), directory / "echo.log") as echo_server:
             echo = _measure(echo_server, _echo_load(), top, seconds)
         print(_cell_line(echo), flush=True)
         loads = [make(rows) for make in (_native_load, _oip_load) for rows in ROW_COUNTS]
         for mode, flags in BATCHING.items():
-            arguments = [*_covserve_arguments(directory / "models"), *flags]
+            arguments = [*_covserve_arguments(directory / "models", args.device), *flags]
             with _server(arguments, directory / f"covserve-{mode}.log") as server:
                 cells = results.setdefault(mode, [])
                 for load in loads:
                     for concurrency in concurrencies:
                         cells.append(_measure(server, load, concurrency, seconds))
                         print(f"batching {mode}: " + _cell_line(cells[-1]), flush=True)
-        arguments = [*_covserve_arguments(directory / "models"), *BATCHING["on"], "--access-log", "true"]
+        arguments = [
+            *_covserve_arguments(directory / "models", args.device),
+            *BATCHING["on"],
+            "--access-log",
+            "true",
+        ]
         with _server(arguments, directory / "covserve-access-log.log") as server:
             logged = _measure(server, loads[0], top, seconds)
             print("access log on: " + _cell_line(logged), flush=True)

@@ -27,7 +27,7 @@ def test_the_demo_configuration_trains_and_publishes(tmp_path: Path) -> None:
     assert "covserve-train fit --config configs/demo.yaml" in (ROOT / "Makefile").read_text()
 
 
-@pytest.mark.parametrize("script", ["tac.py", "pseudolabels.py", "serving.py"])
+@pytest.mark.parametrize("script", ["tac.py", "pseudolabels.py", "serving.py", "gpu.py"])
 def test_benchmark_quick_mode_writes_a_table(script: str, tmp_path: Path) -> None:
     output = tmp_path / "result.md"
     result = subprocess.run(
