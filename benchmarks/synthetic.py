@@ -224,7 +224,10 @@ def _ratio(numerator: float, denominator: float) -> str:
 def _ratios(results: dict[int, list[Result]], names: list[str]) -> list[str]:
     """Epoch-time ratios W2 bound ÷ MSE and NLL-TIC ÷ W2 bound per dimension (— where one did not run)."""
     lines = [
-        "## Cost ratios (seconds per epoch, same run)",
+        "## Cost ratios (seconds per epoch)",
+        "",
+        "Means over the stored fits; with reused fits (see Fits above) the two sides of a ratio may come "
+        "from different runs, under different loads.",
         "",
         "| D | W2 bound ÷ MSE | NLL-TIC ÷ W2 bound |",
         "|---:|---:|---:|",
