@@ -28,8 +28,9 @@ symmetric roots (the ``sqrt`` head, still available). Both are upper bounds on W
 ``Σ̂ = Σ̃``. Measured on the synthetic benchmark at D = 16 (``benchmarks/results/README.md``): with the
 ``sqrt`` head, training lost one direction for good in trial 0 (KL to the truth 40 250), and the Cholesky
 bound reached 1.53 in that cell (1.42 in trial 3, where the ``sqrt`` head reached 1.36), the exact W2 loss's
-level. Whether a trial collapses depends on its trajectory (the same seed did not collapse with two torch
-threads instead of one), so the benchmark cells, not a unit test, are the regression check.
+level. The ``sqrt`` head collapsed in that cell's first epoch at the benchmark's learning rate (1e-3; not
+within 20 epochs at the trainer's default 3e-4); ``tests/test_trainer.py`` trains that epoch as a regression
+test.
 The Cholesky bound depends on the order of the targets; the symmetric one does not.
 """
 
