@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -176,10 +177,7 @@ def main() -> None:
         for device in devices:
             costs.append(_measure(method, split, device))
             print(json.dumps(asdict(costs[-1])), flush=True)
-    command = "python benchmarks/gpu.py " + " ".join(
-        f"--{name.replace('_', '-')} {value}"
-        for name, value in (("dim", dim), ("samples_per_dim", samples_per_dim))
-    )
+    command = "python benchmarks/gpu.py " + " ".join(sys.argv[1:])
     report = _report(costs, devices, dim, samples_per_dim * dim, command)
     report += f"\nWall time {time.perf_counter() - started:.0f} s.\n"
     print(report)
