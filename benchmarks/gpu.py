@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py                    # D = 20 (the largest synthetic dimension); CPU and CUDA
     python benchmarks/gpu.py --quick            # D = 3, 300 rows: a smoke test (CPU alone without a GPU)
-    python benchmarks/gpu.py --dim 20 --samples-per-dim 50 --output benchmarks/results/gpu.md
+    python benchmarks/gpu.py --dim 20 --samples-per-dim 50 --output benchmarks/results/gpu/gpu.md
 
 Data: the synthetic benchmark's generator (``training.synthetic.multivariate(D, D, samples_per_dim · D)``,
 split 80/10/10, seed 0). Each method trains two epochs on each device with the trainer (batch 32, AdamW,
@@ -47,7 +47,7 @@ SEED = 0
 BATCH_SIZE = TrainConfig().batch_size
 METHODS = (LossName.MSE, LossName.NLL, LossName.W2_BOUND, LossName.NLL_TIC)
 MILLISECONDS = 1000.0
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "gpu.md"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "gpu" / "gpu.md"
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,10 @@ def _arguments() -> argparse.Namespace:
 def _devices(text: str | None) -> list[Device]:
     if text is None:
         return [Device.CPU, Device.CUDA] if torch.cuda.is_available() else [Device.CPU]
-    try:
-        devices = [Device(name.strip()) for name in text.split(",") if name.strip()]
-    except ValueError:
-        raise SystemExit(
-            f"--devices: expected a comma-separated list of cpu and cuda, got {text!r}"
-        ) from None
-    if Device.AUTO in devices or not devices:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in (Device.CPU.value, Device.CUDA.value) for name in names):
         raise SystemExit(f"--devices: expected a comma-separated list of cpu and cuda, got {text!r}")
+    devices = [Device(name) for name in names]
     if Device.CUDA in devices and not torch.cuda.is_available():
         raise SystemExit("--devices cuda: no CUDA device is available")
     return devices
