@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python benchmarks/gpu.py --output benchmarks/results/gpu/gpu.md
 	$(BIN)/python benchmarks/synthetic.py
 	$(BIN)/python benchmarks/uci.py --data-dir $(UCI_DIR)
+	$(BIN)/python benchmarks/w2_rows.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

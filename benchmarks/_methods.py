@@ -19,7 +19,7 @@ import torch
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import Split
 from training.losses import LossName
-from training.trainer import TrainingDivergedError, score, train
+from training.trainer import TrainingDivergedError, TrainingResult, score, train
 
 __all__ = [
     "ALL_METHODS",
@@ -33,6 +33,7 @@ __all__ = [
     "mean_and_spread",
     "method_label",
     "parse_methods",
+    "train_method",
 ]
 
 HYBRID = "hybrid"
@@ -87,6 +88,16 @@ def parse_methods(text: str) -> list[Method]:
     return [Method(name) for name in names]
 
 
+def train_method(
+    method: Method, split: Split, *, epochs: int, lr: float, seed: int, calibrate: bool, model: ModelConfig
+) -> TrainingResult:
+    """Train ``method`` on ``split`` on the CPU (run files go to a temporary directory); raises
+    ``TrainingDivergedError`` like :func:`training.trainer.train`."""
+    config = method.train_config(epochs, lr, seed, calibrate)
+    with tempfile.TemporaryDirectory(prefix="covserve-bench-") as scratch:
+        return train(split, config, model, run_dir=Path(scratch), progress=False)
+
+
 def fit_and_score(
     method: Method, split: Split, *, epochs: int, lr: float, seed: int, calibrate: bool, model: ModelConfig
 ) -> dict[str, float]:
@@ -96,13 +107,13 @@ def fit_and_score(
     :data:`DIVERGED` and ``fit_seconds``: the tables then average the other trials and say how many
     diverged (:func:`method_label`)."""
     started = time.perf_counter()
-    config = method.train_config(epochs, lr, seed, calibrate)
-    with tempfile.TemporaryDirectory(prefix="covserve-bench-") as scratch:
-        try:
-            result = train(split, config, model, run_dir=Path(scratch), progress=False)
-        except TrainingDivergedError as error:
-            print(f"{method.name} diverged: {error}", flush=True)
-            return {DIVERGED: 1.0, "fit_seconds": time.perf_counter() - started}
+    try:
+        result = train_method(
+            method, split, epochs=epochs, lr=lr, seed=seed, calibrate=calibrate, model=model
+        )
+    except TrainingDivergedError as error:
+        print(f"{method.name} diverged: {error}", flush=True)
+        return {DIVERGED: 1.0, "fit_seconds": time.perf_counter() - started}
     device = torch.device("cpu")
     _, _, metrics = score(result.model, split.test, device)
     result.model.covariance_calibration.fill_(1.0)

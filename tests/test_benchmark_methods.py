@@ -1,9 +1,11 @@
-"""The benchmarks' shared fit helper: a diverged fit is recorded and counted in the tables, not fatal."""
+"""The benchmarks' shared helpers: a diverged fit is recorded and counted in the tables, not fatal; the
+per-row W2² breakdown of ``w2_rows.py`` matches hand-computed rows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.degenerate_data import constant_target_split
@@ -38,3 +40,40 @@ def test_a_diverged_fit_is_recorded_and_counted_in_the_table(
     ]
     table = _methods.markdown_table(results, ["w2", "nll"], [("nll", "NLL")])
     assert table[2:] == ["| w2 (1 of 2 diverged) | 2 ± 0 |", "| nll | **1.5 ± 0** |"]
+
+
+def test_the_per_row_w2_breakdown_against_hand_computed_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``w2_rows.py``'s statistics: 99 exact rows and one with 4× the true covariance and a shifted mean.
+
+    For ``Σ = 4 Σ*`` the Bures term is ``tr(Σ* + 4 Σ* − 2 · 2 Σ*) = tr(Σ*)``, and KL(truth ‖ prediction) is
+    ``0.5 (D / 4 + ‖δ‖²_{(4Σ*)⁻¹} − D + D ln 4)``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import w2_rows
+
+    rng = np.random.default_rng(0)
+    rows, dim = 100, 3
+    factors = rng.normal(size=(rows, dim, dim))
+    true_covariance = factors @ factors.transpose(0, 2, 1) + np.eye(dim)
+    true_mean = rng.normal(size=(rows, dim))
+    covariance, mean = true_covariance.copy(), true_mean.copy()
+    covariance[7] *= 4.0
+    mean[7] += 2.0
+    inputs = rng.uniform(-1.0, 1.0, size=(rows, 2))
+    inputs[7] = [1.0, 1.0]
+
+    cells = w2_rows._row_statistics(inputs, true_mean, true_covariance, mean, covariance)
+
+    bures = np.trace(true_covariance[7])
+    shift = 4.0 * dim
+    assert cells["w2_max"] == pytest.approx(bures + shift)
+    assert cells["w2_mean"] == pytest.approx((bures + shift) / rows)
+    assert cells["w2_median"] == pytest.approx(0.0, abs=1e-9)
+    assert cells["worst_share"] == pytest.approx(1.0)
+    assert cells["covariance_share"] == pytest.approx(bures / (bures + shift))
+    mahalanobis = 2.0 * np.ones(dim) @ np.linalg.solve(4.0 * true_covariance[7], 2.0 * np.ones(dim))
+    kl = 0.5 * (dim / 4.0 + mahalanobis - dim + dim * np.log(4.0))
+    assert cells["kl_mean"] == pytest.approx(kl / rows)
+    assert cells["largest_max"] == pytest.approx(4.0)
+    assert cells["largest_median"] == pytest.approx(1.0)
+    assert cells["smallest_median"] == pytest.approx(1.0)
+    assert cells["worst_distance"] > 1.0

@@ -52,6 +52,7 @@ SYNTHETIC_OUTPUTS = ["synthetic.md", "synthetic_cost.png", "synthetic_accuracy.p
     [
         ("synthetic.py", [], SYNTHETIC_OUTPUTS),
         ("uci.py", ["--data-dir", str(UCI_DIR)], ["uci.md", "uci.json"]),
+        ("w2_rows.py", [], ["w2_rows.md"]),
     ],
 )
 def test_evidence_benchmarks_quick_mode_writes_tables_and_plots(
