@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
@@ -76,14 +77,16 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help=f"D = {QUICK_DIM}, a smoke test")
     parser.add_argument(
-        "--dim", type=int, default=None, help=f"target and input dimension (default {FULL_DIM})"
+        "--dim", type=positive_int, default=None, help=f"target and input dimension (default {FULL_DIM})"
     )
-    parser.add_argument("--samples-per-dim", type=int, default=None, help="rows per target dimension")
+    parser.add_argument(
+        "--samples-per-dim", type=positive_int, default=None, help="rows per target dimension"
+    )
     parser.add_argument(
         "--devices", default=None, help="comma-separated: cpu, cuda (default: cpu, and cuda when available)"
     )
     parser.add_argument(
-        "--cpu-threads", type=int, default=None, help="torch threads on the CPU (default: all)"
+        "--cpu-threads", type=positive_int, default=None, help="torch threads on the CPU (default: all)"
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file (JSON beside it)")
     return parser.parse_args()

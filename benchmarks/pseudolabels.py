@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
@@ -126,9 +127,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
-    parser.add_argument("--max-samples", type=int, default=None, help="skip sizes above this N")
-    parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--input-dim", type=int, default=INPUT_DIMS[0], help=argparse.SUPPRESS)
+    parser.add_argument("--max-samples", type=positive_int, default=None, help="skip sizes above this N")
+    parser.add_argument("--single", type=positive_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--input-dim", type=positive_int, default=INPUT_DIMS[0], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single is not None:
         _single(args.single, args.input_dim)

@@ -49,6 +49,7 @@ import onnxruntime as ort
 import torch
 import tritonclient.http as httpclient
 import uvicorn
+from _arguments import positive_float
 from _machine import describe_machine
 from _report import write_report
 from numpy.typing import NDArray
@@ -596,7 +597,7 @@ def main() -> None:
         "--quick", action="store_true", help="concurrency 1 and 16, 0.5 s cells: a smoke test"
     )
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
-    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per cell")
+    parser.add_argument("--seconds", type=positive_float, default=None, help="measured seconds per cell")
     parser.add_argument(
         "--device",
         choices=(CPU, CUDA),

@@ -27,6 +27,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+from _arguments import positive_int, positive_ints
 from _machine import describe_machine
 from _methods import Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
 from _report import write_report
@@ -64,14 +65,20 @@ def _arguments() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one trial and epoch: a smoke test")
-    parser.add_argument("--dims", default=None, help="comma-separated target dimensions")
-    parser.add_argument("--trials", type=int, default=None, help=f"trials per cell (default {FULL_TRIALS})")
-    parser.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})")
-    parser.add_argument("--samples-per-dim", type=int, default=None, help="rows per target dimension")
+    parser.add_argument("--dims", type=positive_ints, default=None, help="comma-separated target dimensions")
+    parser.add_argument(
+        "--trials", type=positive_int, default=None, help=f"trials per cell (default {FULL_TRIALS})"
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})"
+    )
+    parser.add_argument(
+        "--samples-per-dim", type=positive_int, default=None, help="rows per target dimension"
+    )
     parser.add_argument("--methods", default="all", help="comma-separated methods or 'all'")
     parser.add_argument(
         "--tic-max-dim",
-        type=int,
+        type=positive_int,
         default=None,
         help="skip nll-tic above this D (its Hessians take O(D·M) network passes a row; default: never skip)",
     )
@@ -105,11 +112,7 @@ def _plot(
 def main() -> None:
     """Run every method on every dimension and trial, then write the tables and plots."""
     args = _arguments()
-    dims = (
-        tuple(int(d) for d in args.dims.split(","))
-        if args.dims
-        else (QUICK_DIMS if args.quick else FULL_DIMS)
-    )
+    dims = args.dims or (QUICK_DIMS if args.quick else FULL_DIMS)
     trials = args.trials or (1 if args.quick else FULL_TRIALS)
     epochs = args.epochs or (1 if args.quick else FULL_EPOCHS)
     samples_per_dim = args.samples_per_dim or (QUICK_SAMPLES_PER_DIM if args.quick else SAMPLES_PER_DIM)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
@@ -137,11 +138,11 @@ def render(timings: Sequence[Timing], command: str, repeats: int) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (best kept)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs per implementation (best kept)"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     sizes, dimensions = (QUICK_SIZES, QUICK_DIMENSIONS) if args.quick else (FULL_SIZES, FULL_DIMENSIONS)
     timings = run(sizes, dimensions, args.repeats)
     command = " ".join(["python", *sys.argv] if argv is None else ["python", "benchmarks/tac.py", *argv])

@@ -33,6 +33,7 @@ from pathlib import Path
 import ngboost
 import numpy as np
 import torch
+from _arguments import positive_int
 from _machine import describe_machine
 from _methods import (
     Method,
@@ -119,9 +120,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="two small sets, one trial and epoch")
     parser.add_argument("--datasets", default=None, help="comma-separated names (default: all seven)")
     parser.add_argument("--methods", default=None, help=f"comma-separated (default {DEFAULT_METHODS})")
-    parser.add_argument("--trials", type=int, default=None, help=f"trials (default {FULL_TRIALS})")
-    parser.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})")
-    parser.add_argument("--ngboost-estimators", type=int, default=None, help="NGBoost boosting rounds")
+    parser.add_argument("--trials", type=positive_int, default=None, help=f"trials (default {FULL_TRIALS})")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})"
+    )
+    parser.add_argument(
+        "--ngboost-estimators", type=positive_int, default=None, help="NGBoost boosting rounds"
+    )
     add_store_arguments(parser, DEFAULT_OUTPUT, STORE_NAME)
     return parser.parse_args()
 

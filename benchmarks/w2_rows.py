@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _arguments import non_negative_int, positive_int
 from _machine import describe_machine
 from _methods import parse_methods, train_method
 from _report import write_report
@@ -51,9 +52,15 @@ def _arguments() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="D = 3, 100·D rows, one epoch: a smoke test")
-    parser.add_argument("--dim", type=int, default=None, help=f"target dimension (default {FULL_DIM})")
-    parser.add_argument("--trial", type=int, default=0, help="trial: data and weight seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})")
+    parser.add_argument(
+        "--dim", type=positive_int, default=None, help=f"target dimension (default {FULL_DIM})"
+    )
+    parser.add_argument(
+        "--trial", type=non_negative_int, default=0, help="trial: data and weight seed (default 0)"
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help=f"maximum epochs (default {FULL_EPOCHS})"
+    )
     parser.add_argument("--methods", default=None, help=f"comma-separated (default {DEFAULT_METHODS})")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where w2_rows.md goes")
     return parser.parse_args()

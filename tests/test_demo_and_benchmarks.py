@@ -131,3 +131,27 @@ def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(tmp_
     assert "--resume: cannot read" in broken.stderr
     assert "synthetic.json" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "flag", "value", "message"),
+    [
+        ("synthetic.py", "--trials", "0", "argument --trials: 0 must be at least 1"),
+        ("synthetic.py", "--dims", "4,0", "argument --dims: 0 must be at least 1"),
+        ("uci.py", "--epochs", "-3", "argument --epochs: -3 must be at least 1"),
+        ("w2_rows.py", "--dim", "0", "argument --dim: 0 must be at least 1"),
+        ("w2_rows.py", "--trial", "-1", "argument --trial: -1 must be at least 0"),
+        ("gpu.py", "--samples-per-dim", "ten", "argument --samples-per-dim: 'ten' is not an integer"),
+        ("pseudolabels.py", "--max-samples", "0", "argument --max-samples: 0 must be at least 1"),
+        ("serving.py", "--seconds", "nan", "argument --seconds: nan must be a finite number above 0"),
+        ("tac.py", "--repeats", "0", "argument --repeats: 0 must be at least 1"),
+    ],
+)
+def test_a_bad_count_is_refused_naming_the_flag(script: str, flag: str, value: str, message: str) -> None:
+    """``--trials 0`` once ran the full default size (``args.trials or FULL_TRIALS``); now every count flag
+    is checked when parsed: exit code 2, the flag named, no traceback, nothing run."""
+    command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", f"{flag}={value}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
