@@ -28,6 +28,7 @@ from _arguments import non_negative_int, positive_int
 from _machine import describe_machine
 from _methods import parse_methods, train_method
 from _report import write_report
+from synthetic import FULL_EPOCHS, LEARNING_RATE, QUICK_SAMPLES_PER_DIM, SAMPLES_PER_DIM
 
 from training.config import ModelConfig
 from training.data import DataConfig, load_split
@@ -36,10 +37,6 @@ from training.trainer import TrainingDivergedError, predict_raw
 
 FULL_DIM = 20
 QUICK_DIM = 3
-FULL_EPOCHS = 20
-SAMPLES_PER_DIM = 1000
-QUICK_SAMPLES_PER_DIM = 100
-LEARNING_RATE = 1e-3
 DEFAULT_METHODS = "nll,kl,w2-bound,hybrid"
 QUICK_METHODS = "nll,w2-bound"
 WORST_SHARE = 0.01
