@@ -7,10 +7,13 @@
 At D = 20 the likelihood losses' mean W2² to the true Gaussians is about 70× the W2 bound's while their KL
 is the smaller (``results/README.md``). This script trains the methods on one trial of ``synthetic.py``'s
 data with its settings (same split, initial weights and batches, so each fit is the stored one) and, per
-test row, splits W2² into the mean part ``‖μ − μ*‖²`` and the covariance part (the Bures term), with the
-row's KL(truth ‖ prediction) and the ratios of the predicted to the true largest and smallest eigenvalue.
-The table gives quantiles over the test rows, the share of the summed W2² carried by the worst 1 % of
-rows, and how far those rows' inputs sit from the centre of the input box (in units of the median row's).
+row, splits W2² into the mean part ``‖μ − μ*‖²`` and the covariance part (the Bures term), with the row's
+KL(truth ‖ prediction) and the ratios of the predicted to the true largest and smallest eigenvalue. The
+table gives quantiles over the test rows and, separately, over the training rows; the shares of the summed
+W2² and of the summed KL carried by the worst 1 % of rows (by W2²), and how far those rows' inputs sit from
+the centre of the input box (in units of the median row's). KL(truth ‖ prediction) is the expected NLL less
+the truth's entropy, so its share is how much of the likelihood losses' excess the worst rows make up: what
+those losses can see of the rows that dominate W2².
 Writes ``w2_rows.md`` to ``--output-dir``.
 """
 
@@ -105,6 +108,7 @@ def _row_statistics(
         "w2_p99": float(np.quantile(w2, 0.99)),
         "w2_max": float(np.max(w2)),
         "worst_share": float(np.sum(w2[worst]) / np.sum(w2)),
+        "worst_kl_share": float(np.sum(kl[worst]) / np.sum(kl)),
         "covariance_share": float(np.sum(w2_covariance) / np.sum(w2)),
         "kl_mean": float(np.mean(kl)),
         "kl_median": float(np.median(kl)),
@@ -121,6 +125,7 @@ COLUMNS = (
     ("w2_p99", "W2² 99th pct"),
     ("w2_max", "W2² max"),
     ("worst_share", f"worst {WORST_SHARE:.0%} rows' share"),
+    ("worst_kl_share", "their share of KL"),
     ("covariance_share", "covariance part's share"),
     ("kl_mean", "KL mean"),
     ("kl_median", "KL median"),
@@ -140,9 +145,6 @@ def main() -> None:
     methods = parse_methods(args.methods or (QUICK_METHODS if args.quick else DEFAULT_METHODS))
     torch.set_num_threads(1)
     split = load_split(DataConfig(in_dim=dim, out_dim=dim, samples=samples_per_dim * dim, seed=args.trial))
-    test = split.test
-    if test.true_mean is None or test.true_covariance is None:
-        raise SystemExit("the synthetic split carries no true Gaussians")
     rows = []
     for method in methods:
         try:
@@ -156,12 +158,16 @@ def main() -> None:
                 model=ModelConfig(),
             )
         except TrainingDivergedError as error:
-            rows.append(f"| {method.name} (diverged: {error}) |" + " — |" * len(COLUMNS))
+            rows.append(f"| {method.name} (diverged: {error}) | — |" + " — |" * len(COLUMNS))
             continue
-        mean, covariance = predict_raw(result.model, test.inputs, torch.device("cpu"))
-        cells = _row_statistics(test.inputs, test.true_mean, test.true_covariance, mean, covariance)
-        rows.append(f"| {method.name} | " + " | ".join(f"{cells[key]:.4g}" for key, _ in COLUMNS) + " |")
-        print(rows[-1], flush=True)
+        for part_name, part in (("test", split.test), ("training", split.train)):
+            if part.true_mean is None or part.true_covariance is None:
+                raise SystemExit("the synthetic split carries no true Gaussians")
+            mean, covariance = predict_raw(result.model, part.inputs, torch.device("cpu"))
+            cells = _row_statistics(part.inputs, part.true_mean, part.true_covariance, mean, covariance)
+            values = " | ".join(f"{cells[key]:.4g}" for key, _ in COLUMNS)
+            rows.append(f"| {method.name} | {part_name} | {values} |")
+            print(rows[-1], flush=True)
     machine = describe_machine(("PyTorch", torch.__version__)) + " (CPU only, 1 torch thread)"
     lines = [
         f"# Where W2² to the truth comes from, row by row: D = {dim}, trial {args.trial}",
@@ -171,16 +177,18 @@ def main() -> None:
         f"Machine: {machine}  ",
         f"Setup: `synthetic.py`'s data and fits (D_in = D, {samples_per_dim}·D rows, 80/10/10, seed "
         f"{args.trial}; at most {epochs} epochs, lr {LEARNING_RATE:g}, batch 32, no variance calibration); "
-        f"{len(test)} test rows.",
+        f"{len(split.test)} test rows, {len(split.train)} training rows.",
         "",
-        "Each cell is over the test rows. W2² is the squared 2-Wasserstein distance to the true Gaussian "
-        "(squared target units), KL is KL(truth ‖ prediction) in nats; the covariance part of W2² is the "
-        "Bures term (W2² less ‖μ − μ*‖²). λ ratios: predicted ÷ true largest (smallest) eigenvalue of the "
-        "row's covariance. The worst rows are those with the largest W2²; their distance is from the centre "
-        "of the test inputs' bounding box.",
+        "Each cell is over the rows named in the second column. W2² is the squared 2-Wasserstein distance "
+        "to the true Gaussian (squared target units), KL is KL(truth ‖ prediction) in nats; the covariance "
+        "part of W2² is the Bures term (W2² less ‖μ − μ*‖²). λ ratios: predicted ÷ true largest (smallest) "
+        f"eigenvalue of the row's covariance. The worst rows are the {WORST_SHARE:.0%} with the largest W2²; "
+        "their share of KL is of the summed KL over the same rows (KL is the expected NLL less the truth's "
+        "entropy: the part of the likelihood losses' excess those rows make up); their distance is from the "
+        "centre of the rows' inputs' bounding box.",
         "",
-        "| method | " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+        "| method | rows | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|---|" + "---:|" * len(COLUMNS),
         *rows,
     ]
     write_report(args.output_dir / "w2_rows.md", "\n".join(lines) + "\n")

@@ -73,6 +73,7 @@ def test_the_per_row_w2_breakdown_against_hand_computed_rows(monkeypatch: pytest
     mahalanobis = 2.0 * np.ones(dim) @ np.linalg.solve(4.0 * true_covariance[7], 2.0 * np.ones(dim))
     kl = 0.5 * (dim / 4.0 + mahalanobis - dim + dim * np.log(4.0))
     assert cells["kl_mean"] == pytest.approx(kl / rows)
+    assert cells["worst_kl_share"] == pytest.approx(1.0)
     assert cells["largest_max"] == pytest.approx(4.0)
     assert cells["largest_median"] == pytest.approx(1.0)
     assert cells["smallest_median"] == pytest.approx(1.0)
