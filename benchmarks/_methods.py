@@ -24,6 +24,7 @@ from training.trainer import TrainingDivergedError, TrainingResult, score, train
 __all__ = [
     "ALL_METHODS",
     "DIVERGED",
+    "FAILED",
     "HYBRID",
     "UNRANKED",
     "Method",
@@ -39,6 +40,8 @@ __all__ = [
 HYBRID = "hybrid"
 DIVERGED = "diverged"
 """Metric key (1.0) of a fit whose training stopped with ``TrainingDivergedError`` (no other metrics)."""
+FAILED = "failed"
+"""Metric key (1.0) of a peer's fit that could not run on the data (no other metrics but ``fit_seconds``)."""
 
 ALL_METHODS: tuple[str, ...] = (
     "mse",
@@ -128,10 +131,12 @@ def fit_and_score(
 
 
 def method_label(results: Iterable[Result], method: str) -> str:
-    """``method``, followed by ``(k of n diverged)`` when ``k`` of its ``n`` trials diverged."""
+    """``method``, followed by ``(k of n diverged)`` when ``k`` of its ``n`` trials diverged (and likewise
+    ``failed``)."""
     trials = [r for r in results if r.method == method]
-    diverged = sum(1 for r in trials if r.metrics.get(DIVERGED))
-    return f"{method} ({diverged} of {len(trials)} diverged)" if diverged else method
+    counts = {word: sum(1 for r in trials if r.metrics.get(word)) for word in (DIVERGED, FAILED)}
+    notes = [f"{count} of {len(trials)} {word}" for word, count in counts.items() if count]
+    return f"{method} ({', '.join(notes)})" if notes else method
 
 
 def mean_and_spread(results: Iterable[Result], method: str, key: str) -> tuple[float, float]:

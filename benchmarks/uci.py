@@ -36,6 +36,7 @@ import torch
 from _arguments import positive_int
 from _machine import describe_machine
 from _methods import (
+    FAILED,
     Method,
     Result,
     fit_and_score,
@@ -132,7 +133,10 @@ def _arguments() -> argparse.Namespace:
 
 
 def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
-    """NGBoost ``MultivariateNormal`` on the raw-unit split, early-stopped on the validation rows."""
+    """NGBoost ``MultivariateNormal`` on the raw-unit split, early-stopped on the validation rows.
+
+    Its starting point inverts the training targets' covariance, so linearly dependent targets (electrical's
+    ``p1 = −(p2 + p3 + p4)``) stop it: that fit is recorded as :data:`FAILED` and the run goes on."""
     started = time.perf_counter()
     model = NGBRegressor(
         Dist=MultivariateNormal(split.train.targets.shape[1]),
@@ -140,13 +144,17 @@ def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
         verbose=False,
         random_state=seed,
     )
-    model.fit(
-        split.train.inputs,
-        split.train.targets,
-        X_val=split.validation.inputs,
-        Y_val=split.validation.targets,
-        early_stopping_rounds=NGBOOST_EARLY_STOPPING,
-    )
+    try:
+        model.fit(
+            split.train.inputs,
+            split.train.targets,
+            X_val=split.validation.inputs,
+            Y_val=split.validation.targets,
+            early_stopping_rounds=NGBOOST_EARLY_STOPPING,
+        )
+    except np.linalg.LinAlgError as error:
+        print(f"ngboost failed: {error} (its start needs an invertible target covariance)", flush=True)
+        return {FAILED: 1.0, "fit_seconds": time.perf_counter() - started}
     seconds = time.perf_counter() - started
     distribution = model.pred_dist(split.test.inputs)
     covariance = np.asarray(distribution.cov, dtype=np.float64)

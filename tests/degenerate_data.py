@@ -21,3 +21,21 @@ def constant_target_split(samples: int = 200) -> Split:
     return dataclasses.replace(
         split, train=constant(split.train), validation=constant(split.validation), test=constant(split.test)
     )
+
+
+def linearly_dependent_target_split(samples: int = 200) -> Split:
+    """The synthetic split with its last target replaced by minus the sum of the others (as electrical's
+    ``p1 = −(p2 + p3 + p4)``): the targets' covariance is singular."""
+    split = load_split(DataConfig(samples=samples))
+
+    def dependent(table: Table) -> Table:
+        targets = table.targets.copy()
+        targets[:, -1] = -targets[:, :-1].sum(axis=1)
+        return dataclasses.replace(table, targets=targets)
+
+    return dataclasses.replace(
+        split,
+        train=dependent(split.train),
+        validation=dependent(split.validation),
+        test=dependent(split.test),
+    )

@@ -1,5 +1,5 @@
-"""The benchmarks' shared helpers: a diverged fit is recorded and counted in the tables, not fatal; the
-per-row W2² breakdown of ``w2_rows.py`` matches hand-computed rows."""
+"""The benchmarks' shared helpers: a diverged fit (or a peer's failed one) is recorded and counted in the
+tables, not fatal; the per-row W2² breakdown of ``w2_rows.py`` matches hand-computed rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.degenerate_data import constant_target_split
+from tests.degenerate_data import constant_target_split, linearly_dependent_target_split
 from training.config import ModelConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -40,6 +40,25 @@ def test_a_diverged_fit_is_recorded_and_counted_in_the_table(
     ]
     table = _methods.markdown_table(results, ["w2", "nll"], [("nll", "NLL")])
     assert table[2:] == ["| w2 (1 of 2 diverged) | 2 ± 0 |", "| nll | **1.5 ± 0** |"]
+
+
+def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NGBoost's start inverts the targets' covariance; on singular targets (UCI electrical) the benchmark
+    records the fit as failed and the table counts it, instead of ending the run with a traceback."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _methods
+    import uci
+
+    metrics = uci._ngboost(linearly_dependent_target_split(), estimators=5, seed=0)
+
+    assert set(metrics) == {_methods.FAILED, "fit_seconds"}
+    assert "ngboost failed:" in capsys.readouterr().out
+    results = [_methods.Result("ngboost", trial, metrics) for trial in range(2)]
+    results.append(_methods.Result("nll", 0, {"nll": 1.5}))
+    table = _methods.markdown_table(results, ["nll", "ngboost"], [("nll", "NLL")])
+    assert table[2:] == ["| nll | **1.5 ± 0** |", "| ngboost (2 of 2 failed) | — |"]
 
 
 def test_the_per_row_w2_breakdown_against_hand_computed_rows(monkeypatch: pytest.MonkeyPatch) -> None:

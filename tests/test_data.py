@@ -442,6 +442,25 @@ def test_tictac_turns_a_constant_column_into_zeros(tmp_path: Path) -> None:
     assert "constant columns became 0: flat" in split.description
 
 
+def test_linearly_dependent_targets_are_named_in_the_description(tmp_path: Path) -> None:
+    """``c = a − 2 b`` exactly (as electrical's ``p1 = −(p2 + p3 + p4)``): the split names a, b and c and the
+    rank (3 of the 4 varying targets), not the constant or the independent target; without c, no warning."""
+    rng = np.random.default_rng(0)
+    x, a, b, d = rng.normal(size=(4, 40))
+    rows = [[repr(float(v)) for v in (x[i], a[i], b[i], a[i] - 2.0 * b[i], 5.0, d[i])] for i in range(40)]
+    path = write_csv(tmp_path / "dependent.csv", ["x", "a", "b", "c", "flat", "d"], rows)
+
+    split = load_split(config(path, inputs=["x"], targets=["a", "b", "c", "flat", "d"]))
+
+    warnings = [line for line in split.description.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, split.description
+    assert warnings[0].startswith(
+        "warning: the training targets a, b, c are linearly dependent (rank 3 of 4)"
+    )
+    independent = load_split(config(path, inputs=["x"], targets=["a", "b", "flat", "d"]))
+    assert "warning" not in independent.description
+
+
 # --- built-in data sets -------------------------------------------------------------------------------------
 
 

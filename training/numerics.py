@@ -15,6 +15,7 @@ __all__ = [
     "PSEUDO_LABEL_JITTER",
     "RAW_OUTPUT_BOUND",
     "RELATIVE_RIDGE",
+    "TARGET_RANK_TOLERANCE",
 ]
 
 RAW_OUTPUT_BOUND: Final = 50.0
@@ -49,3 +50,11 @@ INPUT_METRIC_RIDGE: Final = 1e-8
 """Ridge on the training inputs' covariance before it defines the Mahalanobis metric of the pseudo-labels,
 relative to the mean input variance: keeps constant or collinear input columns from making it singular
 while leaving a well-conditioned metric unchanged to eight digits."""
+
+TARGET_RANK_TOLERANCE: Final = 1e-8
+"""Smallest ÷ largest singular value of the standardised training targets below which they count as
+linearly dependent (and a column's weight in a dependency below which it is not named).
+
+An exact dependency such as UCI electrical's ``p1 = −(p2 + p3 + p4)`` leaves a singular value near
+``1e-15`` of the largest after float64 rounding; correlated but independent targets stay far above. Along a
+dependency the true covariance is singular, so only :data:`RELATIVE_RIDGE` keeps a likelihood finite."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Final
 
@@ -11,6 +12,7 @@ from training.data._columns import DEFAULT_INPUT_FRACTION, default_input_count
 from training.data._config import DataConfig, Protocol
 from training.data._table import MIN_PART_ROWS, Split, Table
 from training.errors import UsageError
+from training.numerics import TARGET_RANK_TOLERANCE
 
 __all__ = ["TICTAC_SCALE", "make_split"]
 
@@ -41,7 +43,8 @@ def make_split(table: Table, config: DataConfig) -> Split:
     Returns
     -------
     Split
-        Its ``description`` states the protocol and the part sizes.
+        Its ``description`` states the protocol and the part sizes, and names the training targets that are
+        linearly dependent, if any (:func:`_dependent_targets_note`).
 
     Raises
     ------
@@ -50,8 +53,41 @@ def make_split(table: Table, config: DataConfig) -> Split:
         :data:`~training.data._table.MIN_PART_ROWS` rows.
     """
     if config.protocol is Protocol.TICTAC:
-        return _tictac(table, config.seed)
-    return _holdout(table, config.validation_fraction, config.test_fraction, config.seed)
+        split = _tictac(table, config.seed)
+    else:
+        split = _holdout(table, config.validation_fraction, config.test_fraction, config.seed)
+    note = _dependent_targets_note(split.train)
+    if note is None:
+        return split
+    return dataclasses.replace(split, description=f"{split.description}\n{note}")
+
+
+def _dependent_targets_note(part: Table) -> str | None:
+    """A line naming the targets of ``part`` that are linearly dependent, or ``None`` when there are none.
+
+    Their covariance is singular, so a full covariance fitted by likelihood can shrink along the dependency
+    until only the covariance ridge stops it. Constant targets are left out (they are plainly degenerate).
+    The rank is that of the standardised non-constant target columns ``(N, D')`` at
+    :data:`~training.numerics.TARGET_RANK_TOLERANCE`."""
+    spread = part.targets.std(axis=0)
+    varying = np.flatnonzero(spread > 0.0)
+    if len(varying) < 2:
+        return None
+    columns = part.targets[:, varying]
+    standardised = (columns - columns.mean(axis=0)) / spread[varying]
+    _, singular, right = np.linalg.svd(standardised, full_matrices=False)
+    null_space = right[singular < TARGET_RANK_TOLERANCE * singular[0]]
+    if not len(null_space):
+        return None
+    involved = np.flatnonzero(np.abs(null_space).max(axis=0) > TARGET_RANK_TOLERANCE)
+    names = ", ".join(part.target_names[varying[column]] for column in involved)
+    rank = len(varying) - len(null_space)
+    return (
+        f"warning: the training targets {names} are linearly dependent (rank {rank} of {len(varying)}): "
+        "their covariance is singular, a likelihood fit shrinks the variance along the "
+        "dependency to the covariance ridge, and NLL figures then reflect the ridge, not the data; leaving "
+        "one of them out (--targets) removes it"
+    )
 
 
 def _part_rows(fraction: float, rows: int) -> int:
