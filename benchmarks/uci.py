@@ -136,7 +136,8 @@ def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
     """NGBoost ``MultivariateNormal`` on the raw-unit split, early-stopped on the validation rows.
 
     Its starting point inverts the training targets' covariance, so linearly dependent targets (electrical's
-    ``p1 = −(p2 + p3 + p4)``) stop it: that fit is recorded as :data:`FAILED` and the run goes on."""
+    ``p1 = −(p2 + p3 + p4)``) can stop it, or let it predict covariances that are not symmetric positive
+    definite: either fit is recorded as :data:`FAILED` (:func:`_score_peer`) and the run goes on."""
     started = time.perf_counter()
     model = NGBRegressor(
         Dist=MultivariateNormal(split.train.targets.shape[1]),
@@ -157,8 +158,25 @@ def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
         return {FAILED: 1.0, "fit_seconds": time.perf_counter() - started}
     seconds = time.perf_counter() - started
     distribution = model.pred_dist(split.test.inputs)
-    covariance = np.asarray(distribution.cov, dtype=np.float64)
-    metrics = compute_metrics(np.asarray(distribution.loc, dtype=np.float64), covariance, split.test.targets)
+    return _score_peer(
+        np.asarray(distribution.loc, dtype=np.float64),
+        np.asarray(distribution.cov, dtype=np.float64),
+        split.test.targets,
+        seconds,
+    )
+
+
+def _score_peer(
+    mean: np.ndarray, covariance: np.ndarray, targets: np.ndarray, seconds: float
+) -> dict[str, float]:
+    """The test metrics of a peer's prediction (mean ``(N, D)``, covariance ``(N, D, D)``, raw units) with
+    ``fit_seconds``, or :data:`FAILED` when a covariance is not a valid one (not symmetric, not positive
+    definite, not finite): covserve's metrics refuse to score it, and the peer gets no number."""
+    try:
+        metrics = compute_metrics(mean, covariance, targets)
+    except ValueError as error:
+        print(f"ngboost failed: its prediction is not a valid Gaussian: {error}", flush=True)
+        return {FAILED: 1.0, "fit_seconds": seconds}
     metrics["fit_seconds"] = seconds
     return metrics
 

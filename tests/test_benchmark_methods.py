@@ -61,6 +61,32 @@ def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
     assert table[2:] == ["| nll | **1.5 ± 0** |", "| ngboost (2 of 2 failed) | — |"]
 
 
+def test_a_peer_covariance_that_is_not_symmetric_is_recorded_as_failed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NGBoost trained on electrical's split 1 predicted a covariance with ``|S − Sᵀ|`` 0.0024 against
+    entries of 7.5: the fit is recorded as failed, and a valid prediction is scored."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _methods
+    import uci
+
+    mean, targets = np.zeros((4, 2)), np.ones((4, 2))
+    covariance = np.repeat(np.eye(2)[None], 4, axis=0)
+    valid = uci._score_peer(mean, covariance, targets, seconds=3.0)
+    assert valid["nll"] == pytest.approx(np.log(2.0 * np.pi) + 1.0)
+    assert valid["fit_seconds"] == 3.0
+    covariance[2, 0, 1] = 0.5
+
+    assert uci._score_peer(mean, covariance, targets, seconds=3.0) == {
+        _methods.FAILED: 1.0,
+        "fit_seconds": 3.0,
+    }
+    assert (
+        "ngboost failed: its prediction is not a valid Gaussian: covariance: sample 2 is not symmetric"
+        in (capsys.readouterr().out)
+    )
+
+
 def test_the_per_row_w2_breakdown_against_hand_computed_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """``w2_rows.py``'s statistics: 99 exact rows and one with 4× the true covariance and a shifted mean.
 
