@@ -140,8 +140,13 @@ def method_label(results: Iterable[Result], method: str) -> str:
 
 
 def mean_and_spread(results: Iterable[Result], method: str, key: str) -> tuple[float, float]:
-    """Mean and standard deviation of ``key`` over the trials of ``method`` (NaN when absent)."""
-    values = [r.metrics[key] for r in results if r.method == method and key in r.metrics]
+    """Mean and standard deviation of ``key`` over the trials of ``method`` that did not diverge or fail
+    (NaN when there are none): a stopped fit's ``fit_seconds`` is not a fit time."""
+    values = [
+        r.metrics[key]
+        for r in results
+        if r.method == method and key in r.metrics and not (r.metrics.get(DIVERGED) or r.metrics.get(FAILED))
+    ]
     if not values:
         return float("nan"), float("nan")
     return float(np.mean(values)), float(np.std(values))

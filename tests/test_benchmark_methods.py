@@ -35,11 +35,11 @@ def test_a_diverged_fit_is_recorded_and_counted_in_the_table(
 
     results = [
         _methods.Result("w2", 0, metrics),
-        _methods.Result("w2", 1, {"nll": 2.0}),
-        _methods.Result("nll", 0, {"nll": 1.5}),
+        _methods.Result("w2", 1, {"nll": 2.0, "fit_seconds": 5.0}),
+        _methods.Result("nll", 0, {"nll": 1.5, "fit_seconds": 6.0}),
     ]
-    table = _methods.markdown_table(results, ["w2", "nll"], [("nll", "NLL")])
-    assert table[2:] == ["| w2 (1 of 2 diverged) | 2 ± 0 |", "| nll | **1.5 ± 0** |"]
+    table = _methods.markdown_table(results, ["w2", "nll"], [("nll", "NLL"), ("fit_seconds", "fit s")])
+    assert table[2:] == ["| w2 (1 of 2 diverged) | 2 ± 0 | **5 ± 0** |", "| nll | **1.5 ± 0** | 6 ± 0 |"]
 
 
 def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
@@ -57,8 +57,8 @@ def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
     assert "ngboost failed:" in capsys.readouterr().out
     results = [_methods.Result("ngboost", trial, metrics) for trial in range(2)]
     results.append(_methods.Result("nll", 0, {"nll": 1.5}))
-    table = _methods.markdown_table(results, ["nll", "ngboost"], [("nll", "NLL")])
-    assert table[2:] == ["| nll | **1.5 ± 0** |", "| ngboost (2 of 2 failed) | — |"]
+    table = _methods.markdown_table(results, ["nll", "ngboost"], [("nll", "NLL"), ("fit_seconds", "fit s")])
+    assert table[2:] == ["| nll | **1.5 ± 0** | — |", "| ngboost (2 of 2 failed) | — | — |"]
 
 
 def test_a_peer_covariance_that_is_not_symmetric_is_recorded_as_failed(
