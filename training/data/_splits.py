@@ -84,9 +84,9 @@ def _dependent_targets_note(part: Table) -> str | None:
     rank = len(varying) - len(null_space)
     return (
         f"warning: the training targets {names} are linearly dependent (rank {rank} of {len(varying)}): "
-        "their covariance is singular, a likelihood fit shrinks the variance along the "
-        "dependency to the covariance ridge, and NLL figures then reflect the ridge, not the data; leaving "
-        "one of them out (--targets) removes it"
+        "their covariance is singular, a likelihood fit can shrink the variance along the dependency down "
+        "to the covariance ridge, and NLL figures then reflect the ridge as much as the data; leaving one of "
+        "them out (--targets) removes it"
     )
 
 
