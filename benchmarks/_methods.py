@@ -42,6 +42,8 @@ DIVERGED = "diverged"
 """Metric key (1.0) of a fit whose training stopped with ``TrainingDivergedError`` (no other metrics)."""
 FAILED = "failed"
 """Metric key (1.0) of a peer's fit that could not run on the data (no other metrics but ``fit_seconds``)."""
+STOPPED = (DIVERGED, FAILED)
+"""The keys of a fit that gave no metrics: counted in the label, left out of every average."""
 
 ALL_METHODS: tuple[str, ...] = (
     "mse",
@@ -134,7 +136,7 @@ def method_label(results: Iterable[Result], method: str) -> str:
     """``method``, followed by ``(k of n diverged)`` when ``k`` of its ``n`` trials diverged (and likewise
     ``failed``)."""
     trials = [r for r in results if r.method == method]
-    counts = {word: sum(1 for r in trials if r.metrics.get(word)) for word in (DIVERGED, FAILED)}
+    counts = {word: sum(1 for r in trials if r.metrics.get(word)) for word in STOPPED}
     notes = [f"{count} of {len(trials)} {word}" for word, count in counts.items() if count]
     return f"{method} ({', '.join(notes)})" if notes else method
 
@@ -145,7 +147,7 @@ def mean_and_spread(results: Iterable[Result], method: str, key: str) -> tuple[f
     values = [
         r.metrics[key]
         for r in results
-        if r.method == method and key in r.metrics and not (r.metrics.get(DIVERGED) or r.metrics.get(FAILED))
+        if r.method == method and key in r.metrics and not any(r.metrics.get(word) for word in STOPPED)
     ]
     if not values:
         return float("nan"), float("nan")

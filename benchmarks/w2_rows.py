@@ -145,6 +145,11 @@ def main() -> None:
     methods = parse_methods(args.methods or (QUICK_METHODS if args.quick else DEFAULT_METHODS))
     torch.set_num_threads(1)
     split = load_split(DataConfig(in_dim=dim, out_dim=dim, samples=samples_per_dim * dim, seed=args.trial))
+    parts = []
+    for part_name, part in (("test", split.test), ("training", split.train)):
+        if part.true_mean is None or part.true_covariance is None:
+            raise SystemExit("the synthetic split carries no true Gaussians")
+        parts.append((part_name, part.inputs, part.true_mean, part.true_covariance))
     rows = []
     for method in methods:
         try:
@@ -160,11 +165,9 @@ def main() -> None:
         except TrainingDivergedError as error:
             rows.append(f"| {method.name} (diverged: {error}) | — |" + " — |" * len(COLUMNS))
             continue
-        for part_name, part in (("test", split.test), ("training", split.train)):
-            if part.true_mean is None or part.true_covariance is None:
-                raise SystemExit("the synthetic split carries no true Gaussians")
-            mean, covariance = predict_raw(result.model, part.inputs, torch.device("cpu"))
-            cells = _row_statistics(part.inputs, part.true_mean, part.true_covariance, mean, covariance)
+        for part_name, inputs, true_mean, true_covariance in parts:
+            mean, covariance = predict_raw(result.model, inputs, torch.device("cpu"))
+            cells = _row_statistics(inputs, true_mean, true_covariance, mean, covariance)
             values = " | ".join(f"{cells[key]:.4g}" for key, _ in COLUMNS)
             rows.append(f"| {method.name} | {part_name} | {values} |")
             print(rows[-1], flush=True)
