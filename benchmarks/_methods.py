@@ -1,8 +1,10 @@
 """The methods the evidence benchmarks compare, one training and scoring call each, and their tables.
 
 Every method of the core registry plus the hybrid (the W2 bound with pseudo-labels for the first half of
-the epochs, then NLL). Within a trial all methods see the same split, the same batches and the same
-initial mean network (``training.trainer`` seeds both from ``TrainConfig.seed``).
+the epochs, then NLL). A method that trains on pseudo-labels takes a label scheme after a ``+``
+(``w2-bound+residuals``, ``hybrid+local-linear``); without one it uses ``targets``, the paper's
+Algorithm 1. Within a trial all methods see the same split, the same batches and the same initial mean
+network (``training.trainer`` seeds both from ``TrainConfig.seed``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import Split
 from training.losses import LossName
+from training.pseudolabels import LabelScheme
 from training.trainer import TrainingDivergedError, TrainingResult, score, train
 
 __all__ = [
@@ -45,7 +48,7 @@ FAILED = "failed"
 STOPPED = (DIVERGED, FAILED)
 """The keys of a fit that gave no metrics: counted in the label, left out of every average."""
 
-ALL_METHODS: tuple[str, ...] = (
+BASE_METHODS: tuple[str, ...] = (
     "mse",
     "diagonal",
     "nll",
@@ -57,22 +60,43 @@ ALL_METHODS: tuple[str, ...] = (
     "w2-bound",
     HYBRID,
 )
+"""The methods without a label scheme (``targets`` labels where they use any)."""
+LABELLED_METHODS: tuple[str, ...] = tuple(
+    f"{base}+{scheme.value}"
+    for base in ("w2-bound", HYBRID)
+    for scheme in LabelScheme
+    if scheme is not LabelScheme.TARGETS
+)
+"""The W2 bound and the hybrid with each label scheme beyond the paper's."""
+ALL_METHODS: tuple[str, ...] = BASE_METHODS + LABELLED_METHODS
 
 
 @dataclass(frozen=True)
 class Method:
-    """A row of the comparison: a registry loss, or the hybrid (W2 bound first, then ``then``)."""
+    """A row of the comparison: a registry loss or the hybrid, with an optional ``+scheme`` of labels."""
 
     name: str
 
+    @property
+    def base(self) -> str:
+        """The loss or ``hybrid``, without the label scheme."""
+        return self.name.partition("+")[0]
+
+    @property
+    def labels(self) -> LabelScheme:
+        """The label scheme after the ``+`` (``targets`` without one)."""
+        return LabelScheme(self.name.partition("+")[2] or LabelScheme.TARGETS)
+
     def train_config(self, epochs: int, lr: float, seed: int, calibrate: bool) -> TrainConfig:
-        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, device=Device.CPU, calibrate=calibrate)
-        if self.name == HYBRID:  # at least one epoch of each phase
+        config = TrainConfig(
+            epochs=epochs, lr=lr, seed=seed, device=Device.CPU, calibrate=calibrate, labels=self.labels
+        )
+        if self.base == HYBRID:  # at least one epoch of each phase
             total = max(epochs, 2)
             return config.model_copy(
                 update={"method": LossName.NLL, "epochs": total, "hybrid_epochs": total // 2}
             )
-        return config.model_copy(update={"method": LossName(self.name)})
+        return config.model_copy(update={"method": LossName(self.base)})
 
 
 @dataclass(frozen=True)

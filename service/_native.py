@@ -296,6 +296,7 @@ async def list_models(request: Request) -> Response:
             "inputs": list(loaded.version.input_names),
             "targets": list(loaded.version.target_names),
             "method": loaded.version.metadata.get("method"),
+            "labels": loaded.version.metadata.get("labels"),
             "provider": loaded.provider,
             "ready": state.models.ready,
             "test_metrics": loaded.version.metadata.get("test_metrics", {}),

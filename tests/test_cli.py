@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from training.cli import main
+from training.config import TrainConfig
 
 SCRIPT = str(Path(sys.executable).parent / "covserve-train")
 UCI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "uci"
@@ -202,3 +203,56 @@ def test_compare_runs_on_uci_energy(tmp_path: Path, capsys: pytest.CaptureFixtur
     flags = ["--data", "uci:energy", "--data-dir", str(UCI), "--epochs", "1", "--trials", "1"]
     assert main(["compare", *flags, "--methods", "w2-bound,nll", *TINY, *_output_flags(tmp_path)]) == 0
     assert "| w2-bound |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--labels", "median"], "argument --labels: expected one of targets, residuals, local-linear"),
+        (["--label-refresh", "x"], "argument --label-refresh: invalid int value: 'x'"),
+    ],
+)
+def test_a_bad_label_flag_exits_2_naming_the_flag(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", *flags])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_label_refresh_below_one_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--label-refresh", "0", *_output_flags(tmp_path)]) == 2
+    assert "train.label_refresh" in capsys.readouterr().err
+
+
+def test_help_lists_the_label_options_with_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--labels LABELS pseudo-label scheme: targets" in text
+    assert f"(default {TrainConfig().labels.value})" in text
+    assert "--label-refresh LABEL_REFRESH" in text
+    assert "(default 64 for targets, 256 for residuals and local-linear)" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "method", "labels", "hybrid_epochs"),
+    [
+        (["--method", "w2-bound", "--labels", "residuals"], "w2-bound", "residuals", 0),
+        (["--method", "nll", "--hybrid-epochs", "1", "--labels", "local-linear"], "nll", "local-linear", 1),
+        (["--method", "nll", "--labels", "residuals"], "nll", None, 0),
+    ],
+    ids=["bound", "hybrid", "no-labels"],
+)
+def test_model_json_records_the_method_and_label_scheme(
+    flags: list[str], method: str, labels: str | None, hybrid_epochs: int, tmp_path: Path
+) -> None:
+    run = ["fit", "--samples", "400", "--epochs", "2", "--neighbours", "16", *TINY, *_output_flags(tmp_path)]
+    assert main([*run, *flags]) == 0
+    metadata = json.loads((tmp_path / "models" / "demo" / "1" / "model.json").read_text())
+    assert (metadata["method"], metadata["labels"], metadata["hybrid_epochs"]) == (
+        method,
+        labels,
+        hybrid_epochs,
+    )

@@ -81,6 +81,7 @@ def build_card(name: str = NAME) -> ModelCard:
     return ModelCard(
         name=name,
         method="w2-bound",
+        labels="residuals",
         input_names=("a", "b", "c"),
         target_names=("y0", "y1"),
         data_description="synthetic test data",
@@ -170,6 +171,8 @@ def test_metadata(published: Published, kind: str) -> None:
         "in_dim": IN_DIM,
         "out_dim": OUT_DIM,
         "method": "w2-bound",
+        "hybrid_epochs": 0,
+        "labels": "residuals",
         "parameterisation": kind,
         "opset": opsets[""],
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),

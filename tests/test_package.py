@@ -19,6 +19,7 @@ MODULES = [
     "training.cli",
     "training.covariance",
     "training.gaussian",
+    "training.labelling",
     "training.losses",
     "training.metrics",
     "training.numerics",

@@ -15,13 +15,14 @@ from training.covariance import (
     taylor_terms,
 )
 from training.losses import LossName, LossSpec, get_loss
-from training.pseudolabels import PseudoLabels, compute_pseudo_labels
+from training.pseudolabels import LabelScheme, PseudoLabels, compute_pseudo_labels
 
 __version__ = version("covserve")
 
 __all__ = [
     "CovarianceKind",
     "FactoredCovariance",
+    "LabelScheme",
     "LossName",
     "LossSpec",
     "Parameterisation",

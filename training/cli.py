@@ -17,13 +17,14 @@ import torch
 
 from training import __version__
 from training.compare import run_comparison
-from training.config import RunConfig, load_config
+from training.config import RunConfig, TrainConfig, load_config
 from training.data import Split, load_split
 from training.errors import UsageError
 from training.evaluate import evaluate_model
 from training.export import ExportError, ModelCard, export_model, read_metadata
 from training.losses import LossName
 from training.networks import CovarianceModel
+from training.pseudolabels import DEFAULT_NEIGHBOURS, DEFAULT_RESIDUAL_NEIGHBOURS, LabelScheme
 from training.runs import RunDirectory, create_run_directory
 from training.trainer import (
     TrainingDivergedError,
@@ -32,6 +33,7 @@ from training.trainer import (
     load_checkpoint,
     score,
     train,
+    uses_pseudo_labels,
 )
 
 __all__ = ["main"]
@@ -42,6 +44,21 @@ DEFAULT_COMPARE_METHODS = "w2-bound,nll,faithful,beta-nll,nll-tic"
 EXIT_USAGE, EXIT_DIVERGED, EXIT_EXPORT, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 Flags = Mapping[str, tuple[Callable[[str], object], str]]
+
+
+def _one_of(choices: type[LabelScheme]) -> Callable[[str], str]:
+    """An argparse type accepting the values of ``choices``; anything else exits 2 naming the flag."""
+    valid = [choice.value for choice in choices]
+
+    def parse(value: str) -> str:
+        if value not in valid:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(valid)}, got {value!r}")
+        return value
+
+    return parse
+
+
+_DEFAULT_TRAIN = TrainConfig()
 
 _DATA_FLAGS: Flags = {
     "data": (str, "data set: synthetic | sinusoid | uci:<name> | path to a .csv or .parquet file"),
@@ -66,7 +83,21 @@ _TRAIN_FLAGS: Flags = {
     "weight_decay": (float, "AdamW weight decay (default 1e-2)"),
     "patience": (int, "early-stopping patience on validation NLL, epochs (default 20)"),
     "grad_clip": (float, "maximum gradient norm (default 10)"),
-    "neighbours": (int, "pseudo-label neighbourhood size k (default 64)"),
+    "labels": (
+        _one_of(LabelScheme),
+        "pseudo-label scheme: targets (the paper's Algorithm 1), residuals (of the current mean network), "
+        f"local-linear (a weighted linear fit per neighbourhood) (default {_DEFAULT_TRAIN.labels.value})",
+    ),
+    "label_refresh": (
+        int,
+        "epochs of mean warm-up before residual labels, and between their refreshes "
+        f"(default {_DEFAULT_TRAIN.label_refresh})",
+    ),
+    "neighbours": (
+        int,
+        f"pseudo-label neighbourhood size k (default {DEFAULT_NEIGHBOURS} for targets, "
+        f"{DEFAULT_RESIDUAL_NEIGHBOURS} for residuals and local-linear)",
+    ),
     "temperature": (
         float,
         "pseudo-label softmax temperature, relative to the neighbour distances (default 1)",
@@ -159,6 +190,8 @@ def _card(config: RunConfig, split: Split, test_metrics: dict[str, float]) -> Mo
         test_metrics=test_metrics,
         training_input_mean=split.train.inputs.mean(axis=0),
         training_input_covariance=np.atleast_2d(np.cov(split.train.inputs, rowvar=False)),
+        labels=config.train.labels.value if uses_pseudo_labels(config.train) else None,
+        hybrid_epochs=config.train.hybrid_epochs,
     )
 
 

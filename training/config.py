@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from training.data import DataConfig
 from training.errors import UsageError
 from training.losses import LossName
-from training.pseudolabels import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE
+from training.pseudolabels import DEFAULT_TEMPERATURE, LabelScheme, default_neighbours
 
 __all__ = ["Device", "ModelConfig", "RunConfig", "TrainConfig", "load_config"]
 
@@ -48,7 +48,13 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay (--weight-decay)")
     patience: int = Field(default=20, ge=1, description="early-stopping patience in epochs (--patience)")
     grad_clip: float = Field(default=10.0, gt=0, description="max gradient norm (--grad-clip)")
-    neighbours: int = Field(default=DEFAULT_NEIGHBOURS, ge=2, description="pseudo-label k (--neighbours)")
+    labels: LabelScheme = Field(default=LabelScheme.TARGETS, description="pseudo-label scheme (--labels)")
+    label_refresh: int = Field(
+        default=1, ge=1, description="epochs between refreshes of residual labels (--label-refresh)"
+    )
+    neighbours: int | None = Field(
+        default=None, ge=2, description="pseudo-label k (--neighbours); None: the scheme's default"
+    )
     temperature: float = Field(
         default=DEFAULT_TEMPERATURE, gt=0, description="pseudo-label τ (--temperature)"
     )
@@ -63,6 +69,11 @@ class TrainConfig(BaseModel):
         description="CPU threads for training ops (--threads); tiny per-step ops run fastest on one",
     )
     seed: int = Field(default=0, description="seed of weights, batches and splits (--seed)")
+
+    @property
+    def label_neighbours(self) -> int:
+        """``neighbours``, or the default of the label scheme when it is not set."""
+        return self.neighbours if self.neighbours is not None else default_neighbours(self.labels)
 
     @model_validator(mode="after")
     def _hybrid_needs_a_second_phase(self) -> TrainConfig:

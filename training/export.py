@@ -142,6 +142,10 @@ class ModelCard:
     test_metrics: dict[str, float]
     training_input_mean: NDArray[np.float64]
     training_input_covariance: NDArray[np.float64]
+    labels: str | None = None
+    """The pseudo-label scheme the covariance was trained on (``None``: the method uses no labels)."""
+    hybrid_epochs: int = 0
+    """Epochs of the W2 bound before ``method`` (the hybrid); 0 when ``method`` trained alone."""
 
 
 def export_model(
@@ -170,7 +174,8 @@ def export_model(
         The published version directory ``repository/<card.name>/<version>``.
 
     ``model.json`` (sorted keys, indent 2) holds ``name``, ``version``, ``created`` (UTC ISO-8601),
-    ``input_names``, ``target_names``, ``in_dim``, ``out_dim``, ``method``, ``parameterisation``,
+    ``input_names``, ``target_names``, ``in_dim``, ``out_dim``, ``method``, ``hybrid_epochs``,
+    ``labels`` (the pseudo-label scheme, ``null`` when none was used), ``parameterisation``,
     ``opset``, ``onnx_sha256``, ``outputs`` (shapes with ``-1`` for the batch axis), ``data``
     (``description``, ``split_sizes``), ``test_metrics``, ``training_inputs`` (``mean``, ``covariance``)
     and ``covserve_version``.
@@ -211,6 +216,8 @@ def export_model(
         "in_dim": in_dim,
         "out_dim": out_dim,
         "method": card.method,
+        "hybrid_epochs": card.hybrid_epochs,
+        "labels": card.labels,
         "parameterisation": model.kind.value,
         "opset": _default_opset(proto),
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),

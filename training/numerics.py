@@ -12,6 +12,8 @@ from typing import Final
 __all__ = [
     "DIAGONAL_FLOOR",
     "INPUT_METRIC_RIDGE",
+    "LOCAL_LINEAR_DOF_FLOOR",
+    "LOCAL_LINEAR_RIDGE",
     "PSEUDO_LABEL_JITTER",
     "RAW_OUTPUT_BOUND",
     "RELATIVE_RIDGE",
@@ -45,6 +47,16 @@ PSEUDO_LABEL_JITTER: Final = 1e-4
 With fewer distinct neighbours than target dimensions the weighted neighbourhood covariance is singular;
 the ridge makes every label SPD while changing a well-posed label by 0.01 % of the data scale. Constant
 targets (zero variance) fall back to a ridge of ``1e-4`` in absolute units."""
+
+LOCAL_LINEAR_RIDGE: Final = 1e-3
+"""Ridge on the slopes of the ``local-linear`` pseudo-labels' weighted fit, relative to the mean diagonal
+of the slope block of ``XᵀWX``: keeps the fit solvable when neighbours coincide or span fewer than ``M``
+directions, and shrinks a well-posed slope by about 0.1 %."""
+
+LOCAL_LINEAR_DOF_FLOOR: Final = 0.05
+"""Smallest residual-degrees-of-freedom share ``cᵢ = 1 − tr((XᵀWX + R)⁻¹ XᵀW²X)`` that the
+``local-linear`` labels divide by. Near 0 the fit interpolates its neighbours (residuals vanish and the
+ratio is 0 / 0); the floor caps the inflation at 20× instead of letting rounding decide."""
 
 INPUT_METRIC_RIDGE: Final = 1e-8
 """Ridge on the training inputs' covariance before it defines the Mahalanobis metric of the pseudo-labels,

@@ -25,10 +25,11 @@ from training.config import Device, ModelConfig, TrainConfig
 from training.data import Split, Table
 from training.errors import UsageError
 from training.evaluate import compute_metrics
+from training.labelling import RunLabels
 from training.losses import LossName, LossSpec, get_loss
 from training.metrics import calibrated_gaussian_nll, variance_calibration
 from training.networks import CovarianceModel, Standardisation
-from training.pseudolabels import PseudoLabels, compute_pseudo_labels
+from training.pseudolabels import PseudoLabels
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -42,6 +43,7 @@ __all__ = [
     "resolve_device",
     "score",
     "train",
+    "uses_pseudo_labels",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -213,14 +215,14 @@ def build_model(split: Split, config: TrainConfig, model_config: ModelConfig) ->
     )
 
 
-def _pseudo_labels(model: CovarianceModel, table: Table, config: TrainConfig) -> PseudoLabels | None:
-    if not any(_phase_loss(config, epoch).needs_pseudo_labels for epoch in (0, config.epochs - 1)):
-        return None
-    device = model.input_mean.device  # where the model is: the labels are computed there
-    inputs = model.standardise_inputs(torch.as_tensor(table.inputs, dtype=torch.float32, device=device))
-    targets = model.standardise_targets(torch.as_tensor(table.targets, dtype=torch.float32, device=device))
-    neighbours = min(config.neighbours, len(table) - 1)
-    return compute_pseudo_labels(inputs, targets, neighbours=neighbours, temperature=config.temperature)
+def uses_pseudo_labels(config: TrainConfig) -> bool:
+    """Whether any epoch's loss trains on pseudo-labels (so ``config.labels`` matters)."""
+    return any(_phase_loss(config, epoch).needs_pseudo_labels for epoch in (0, config.epochs - 1))
+
+
+def _run_labels(model: CovarianceModel, table: Table, config: TrainConfig) -> RunLabels | None:
+    """The run's pseudo-labels when any epoch's loss needs them, else ``None``."""
+    return RunLabels.build(model, table, config) if uses_pseudo_labels(config) else None
 
 
 def train(
@@ -262,9 +264,7 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / CHECKPOINT_FILE
     model = build_model(split, config, model_config).to(device)
-    labels = _pseudo_labels(model, split.train, config)
-    if labels is not None:
-        labels = labels.to(torch.float32, device)
+    labels = _run_labels(model, split.train, config)
     inputs = model.standardise_inputs(torch.as_tensor(split.train.inputs, dtype=torch.float32, device=device))
     targets = model.standardise_targets(
         torch.as_tensor(split.train.targets, dtype=torch.float32, device=device)
@@ -287,6 +287,8 @@ def _train(
         history = list(resume["history"])
         best_state, best_value = resume["best_model"], resume["best_value"]
         best_epoch, bad_epochs, start_epoch = resume["best_epoch"], resume["bad_epochs"], resume["epoch"]
+        if labels is not None:
+            labels.restore(resume.get("label_predictions"))
 
     def save(epoch: int) -> None:
         _atomic_save(
@@ -302,6 +304,7 @@ def _train(
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
                 "epoch": epoch,
+                "label_predictions": None if labels is None else labels.predictions,
                 "train_config": config.model_dump(mode="json"),
                 "model_config": model_config.model_dump(mode="json"),
                 "kind": model.kind.value,
@@ -326,8 +329,19 @@ def _train(
             for epoch in range(start_epoch, config.epochs):
                 spec = _phase_loss(config, epoch)
                 started = time.perf_counter()
+                if labels is not None and spec.needs_pseudo_labels:
+                    labels.update(model, inputs, epoch)
                 train_loss = _train_epoch(
-                    model, optimiser, spec, inputs, targets, labels, batches, config, epoch, progress
+                    model,
+                    optimiser,
+                    spec,
+                    inputs,
+                    targets,
+                    labels.current if labels is not None else None,
+                    batches,
+                    config,
+                    epoch,
+                    progress,
                 )
                 epoch_seconds.append(time.perf_counter() - started)
                 mean, covariance, validation = score(model, split.validation, device)
@@ -343,6 +357,8 @@ def _train(
                     "lr": float(optimiser.param_groups[0]["lr"]),
                     "seconds": epoch_seconds[-1],
                 }
+                if labels is not None and labels.refreshes:
+                    record["label_seconds"] = labels.seconds
                 history.append(record)
                 if validation[criterion] < best_value:
                     best_value, best_epoch, bad_epochs = validation[criterion], epoch + 1, 0
