@@ -4,6 +4,12 @@
     python benchmarks/pseudolabels.py --max-samples 100000   # stop at 100k (1M takes hours on 2 cores)
     python benchmarks/pseudolabels.py --quick        # tiny sizes, a smoke test
     python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
+    python benchmarks/pseudolabels.py --schemes --output benchmarks/results/label_schemes.md
+
+``--schemes`` compares the label schemes instead: the error of each against the true Σ(x) for D = 4 to 20
+and k = 16 to 512, with ``residuals`` from a trained mean network (MSE, the synthetic benchmark's epochs
+and learning rate) and from the true mean (its limit), and the cost of one ``residuals`` refresh against
+one training epoch, measured side by side in one training run.
 
 Every size runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own. Time is
 ``O(N² M)`` (every pair's distance is computed, in blocks of query rows × candidate rows); memory is
@@ -17,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,12 +39,21 @@ from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
+from training.config import Device, ModelConfig, TrainConfig
+from training.data import DataConfig, load_split
+from training.losses import LossName
 from training.pseudolabels import (
     DEFAULT_NEIGHBOURS,
+    LabelScheme,
+    Neighbourhoods,
     TemperatureScale,
     compute_pseudo_labels,
+    default_neighbours,
+    find_neighbourhoods,
+    labels_from_neighbourhoods,
 )
 from training.synthetic import multivariate
+from training.trainer import predict_raw, train
 
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 3_000)
@@ -55,6 +72,15 @@ ABLATION_TEMPERATURES: tuple[tuple[TemperatureScale, float], ...] = (
     (TemperatureScale.RELATIVE, math.inf),
 )
 KIB_PER_MIB = 1024
+SCHEME_DIMS = (4, 8, 12, 16, 20)
+QUICK_SCHEME_DIMS = (3,)
+SCHEME_NEIGHBOURS = (16, 32, 64, 128, 256, 512)
+MEAN_EPOCHS = 20
+"""Epochs of the MSE mean network behind the ``residuals`` row: the synthetic benchmark's maximum."""
+MEAN_LEARNING_RATE = 1e-3
+REFRESH_DIM = 8
+REFRESH_SAMPLES = 8000
+REFRESH_EPOCHS = 4
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,127 @@ def _ablation(dims: tuple[int, ...], neighbours: tuple[int, ...]) -> list[str]:
     return lines
 
 
+def _trained_mean(split_seed: int, dim: int, samples: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-unit mean predictions ``(N, D)`` of an MSE network on the training rows of the synthetic split,
+    and those rows' true mean ``(N, D)``."""
+    split = load_split(DataConfig(in_dim=dim, out_dim=dim, samples=samples, seed=split_seed))
+    config = TrainConfig(
+        method=LossName.MSE, epochs=epochs, lr=MEAN_LEARNING_RATE, device=Device.CPU, calibrate=False
+    )
+    with tempfile.TemporaryDirectory(prefix="covserve-labels-") as scratch:
+        result = train(split, config, ModelConfig(), run_dir=Path(scratch), progress=False)
+    predictions, _ = predict_raw(result.model, split.train.inputs, torch.device("cpu"))
+    assert split.train.true_mean is not None, "the synthetic generator always carries its true mean"
+    return predictions, split.train.true_mean
+
+
+def _scheme_error(
+    neighbourhoods: Neighbourhoods,
+    targets: torch.Tensor,
+    truth: np.ndarray,
+    scheme: LabelScheme,
+    mean: np.ndarray | None,
+) -> str:
+    """The mean relative Frobenius error of ``scheme``'s labels against ``truth``, formatted."""
+    predictions = None if mean is None else torch.from_numpy(mean)
+    labels = labels_from_neighbourhoods(neighbourhoods, targets, scheme, predictions=predictions)
+    return f"{_relative_frobenius(labels.covariance.numpy(), truth):.3f}"
+
+
+def _schemes(
+    dims: tuple[int, ...], neighbours: tuple[int, ...], epochs: int, samples_per_dim: int
+) -> list[str]:
+    """Mean relative Frobenius error of every scheme against the truth on the synthetic training rows."""
+    lines = ["| D (N) | scheme | " + " | ".join(f"k = {k}" for k in neighbours) + " |"]
+    lines.append("|---|---|" + "---:|" * len(neighbours))
+    for dim in dims:
+        split = load_split(DataConfig(in_dim=dim, out_dim=dim, samples=samples_per_dim * dim, seed=0))
+        table = split.train
+        predictions, true_mean = _trained_mean(0, dim, samples_per_dim * dim, epochs)
+        inputs, targets = torch.from_numpy(table.inputs), torch.from_numpy(table.targets)
+        truth = table.true_covariance
+        assert truth is not None, "the synthetic generator always carries its true covariance"
+        rows: dict[str, list[str]] = {
+            "targets": [],
+            "local-linear": [],
+            "residuals (trained MSE mean)": [],
+            "residuals (true mean)": [],
+        }
+        for k in neighbours:
+            found = find_neighbourhoods(inputs, neighbours=min(k, len(table) - 1))
+            rows["targets"].append(_scheme_error(found, targets, truth, LabelScheme.TARGETS, None))
+            rows["local-linear"].append(
+                _scheme_error(found, targets, truth, LabelScheme.LOCAL_LINEAR, None) if k >= dim + 2 else "—"
+            )
+            rows["residuals (trained MSE mean)"].append(
+                _scheme_error(found, targets, truth, LabelScheme.RESIDUALS, predictions)
+            )
+            rows["residuals (true mean)"].append(
+                _scheme_error(found, targets, truth, LabelScheme.RESIDUALS, true_mean)
+            )
+        for name, cells in rows.items():
+            lines.append(f"| {dim} ({len(table)}) | {name} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def _refresh_cost(dim: int, samples: int, epochs: int) -> list[str]:
+    """One ``w2-bound --labels residuals`` run: each refresh's seconds beside its epoch's training seconds."""
+    split = load_split(DataConfig(in_dim=dim, out_dim=dim, samples=samples, seed=0))
+    config = TrainConfig(
+        method=LossName.W2_BOUND,
+        labels=LabelScheme.RESIDUALS,
+        epochs=epochs,
+        lr=MEAN_LEARNING_RATE,
+        device=Device.CPU,
+        patience=epochs,
+    )
+    with tempfile.TemporaryDirectory(prefix="covserve-refresh-") as scratch:
+        result = train(split, config, ModelConfig(), run_dir=Path(scratch), progress=False)
+    lines = [
+        f"`w2-bound --labels residuals --label-refresh 1`, D = {dim}, N = {samples} "
+        f"({len(split.train)} training rows), k = {default_neighbours(LabelScheme.RESIDUALS)}, one process:",
+        "",
+        "| epoch | refresh seconds | training seconds (the rest of the epoch) | refresh ÷ training |",
+        "|---:|---:|---:|---:|",
+    ]
+    for record in result.history:
+        refresh = record["label_seconds"]
+        training = record["seconds"] - refresh
+        ratio = "— (warm-up: targets labels)" if refresh == 0.0 else f"{refresh / training:.3f}"
+        lines.append(f"| {int(record['epoch'])} | {refresh:.3f} | {training:.3f} | {ratio} |")
+    return lines
+
+
+def _scheme_report(quick: bool) -> list[str]:
+    dims = QUICK_SCHEME_DIMS if quick else SCHEME_DIMS
+    neighbours = QUICK_NEIGHBOURS if quick else SCHEME_NEIGHBOURS
+    epochs = 1 if quick else MEAN_EPOCHS
+    samples_per_dim = 200 if quick else 1000
+    lines = [
+        "# Pseudo-label schemes: error against the true Σ(x), and the cost of a refresh",
+        "",
+        f"Command: `python benchmarks/pseudolabels.py --schemes{' --quick' if quick else ''}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
+        f"Machine: {describe_machine(('torch', torch.__version__))}  ",
+        f"Load average at the start: {', '.join(f'{value:.2f}' for value in os.getloadavg())}",
+        "",
+        "## Label error",
+        "",
+        f"TIC-TAC synthetic generator, D → D, the training rows (80 %) of the benchmark's split of "
+        f"{samples_per_dim}·D rows, seed 0; mean relative Frobenius error ‖Σ̃ − Σ‖_F / ‖Σ‖_F, lower is "
+        f"better. The trained mean is an MSE network ({epochs} epochs, lr {MEAN_LEARNING_RATE:g}, early "
+        "stopping on validation MSE); the true mean is the residuals scheme's limit. local-linear needs "
+        "k ≥ D + 2 (—).",
+        "",
+    ]
+    lines += _schemes(dims, neighbours, epochs, samples_per_dim)
+    lines += ["", "## Cost of a refresh", ""]
+    refresh_dim, refresh_samples = (3, 600) if quick else (REFRESH_DIM, REFRESH_SAMPLES)
+    lines += _refresh_cost(refresh_dim, refresh_samples, 2 if quick else REFRESH_EPOCHS)
+    return lines
+
+
 def main() -> None:
     """Run the benchmark, print the tables and write them to ``--output``."""
     parser = argparse.ArgumentParser(
@@ -128,11 +275,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     parser.add_argument("--max-samples", type=positive_int, default=None, help="skip sizes above this N")
+    parser.add_argument(
+        "--schemes", action="store_true", help="compare the label schemes (error and refresh cost) instead"
+    )
     parser.add_argument("--single", type=positive_int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input-dim", type=positive_int, default=INPUT_DIMS[0], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single is not None:
         _single(args.single, args.input_dim)
+        return
+    if args.schemes:
+        lines = _scheme_report(args.quick)
+        print("\n".join(lines))
+        _write(args.output, lines)
         return
 
     sizes = [n for n in (QUICK_SIZES if args.quick else FULL_SIZES) if n <= (args.max_samples or n)]

@@ -56,6 +56,18 @@ def test_each_refresh_is_recorded_and_changes_what_the_bound_trains_on(tmp_path:
     assert result.history[2]["train_loss"] != plain.history[2]["train_loss"]
 
 
+def test_the_hybrid_refreshes_only_while_it_trains_the_bound(tmp_path: Path) -> None:
+    split = load_split(DataConfig(samples=400, seed=3))
+    config = TrainConfig(
+        method=LossName.NLL, hybrid_epochs=2, epochs=4, device=Device.CPU, labels=LabelScheme.RESIDUALS
+    )
+    result = train(split, config, SMALL, run_dir=tmp_path, progress=False)
+    seconds = [record["label_seconds"] for record in result.history]
+    assert seconds[0] == 0.0
+    assert seconds[1] > 0.0
+    assert seconds[2:] == [0.0, 0.0]
+
+
 def test_a_resumed_residual_run_trains_on_the_labels_of_its_last_refresh(tmp_path: Path) -> None:
     """Resumed at epoch 3 with refreshes at epochs 2 and 4: epoch 3 must train on the labels of the mean
     after epoch 2 (kept in the checkpoint), not on the warm-up's targets labels."""

@@ -43,8 +43,7 @@ class RunLabels:
     """The labels of one run on its standardised training rows, in float32 on the model's device.
 
     ``current`` holds the labels of the epoch about to run; ``predictions`` ``(N, D)`` the standardised
-    mean predictions they were computed from (``None`` before the first ``residuals`` refresh);
-    ``seconds`` the time the last :meth:`update` spent.
+    mean predictions they were computed from (``None`` before the first ``residuals`` refresh).
     """
 
     def __init__(
@@ -57,7 +56,6 @@ class RunLabels:
         initial = LabelScheme.TARGETS if scheme is LabelScheme.RESIDUALS else scheme
         self.predictions: Tensor | None = None
         self.current = self._compute(initial, None)
-        self.seconds = 0.0
 
     @classmethod
     def build(cls, model: CovarianceModel, table: Table, config: TrainConfig) -> RunLabels:
@@ -96,12 +94,11 @@ class RunLabels:
             self.predictions = predictions.to(self._targets.device)
             self.current = self._compute(LabelScheme.RESIDUALS, self.predictions)
 
-    def update(self, model: CovarianceModel, inputs: Tensor, epoch: int) -> None:
+    def update(self, model: CovarianceModel, inputs: Tensor, epoch: int) -> float:
         """Recompute the ``residuals`` labels from ``model``'s mean on the standardised training
-        ``inputs`` ``(N, M)`` when a refresh is due at ``epoch``; records the seconds spent."""
-        self.seconds = 0.0
+        ``inputs`` ``(N, M)`` when a refresh is due at ``epoch``; returns the seconds spent (0 if none)."""
         if not refresh_due(self.scheme, self.refresh, epoch):
-            return
+            return 0.0
         started = time.perf_counter()
         was_training = model.mean_network.training
         model.mean_network.eval()
@@ -114,4 +111,4 @@ class RunLabels:
             )
         model.mean_network.train(was_training)
         self.current = self._compute(LabelScheme.RESIDUALS, self.predictions)
-        self.seconds = time.perf_counter() - started
+        return time.perf_counter() - started

@@ -329,8 +329,11 @@ def _train(
             for epoch in range(start_epoch, config.epochs):
                 spec = _phase_loss(config, epoch)
                 started = time.perf_counter()
-                if labels is not None and spec.needs_pseudo_labels:
+                label_seconds = (
                     labels.update(model, inputs, epoch)
+                    if labels is not None and spec.needs_pseudo_labels
+                    else 0.0
+                )
                 train_loss = _train_epoch(
                     model,
                     optimiser,
@@ -358,7 +361,7 @@ def _train(
                     "seconds": epoch_seconds[-1],
                 }
                 if labels is not None and labels.refreshes:
-                    record["label_seconds"] = labels.seconds
+                    record["label_seconds"] = label_seconds
                 history.append(record)
                 if validation[criterion] < best_value:
                     best_value, best_epoch, bad_epochs = validation[criterion], epoch + 1, 0
