@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from _arguments import positive_int
 from _methods import FAILED, LABELLED_METHODS, STOPPED, Result, mean_and_spread, parse_methods
 from _report import write_report
 
@@ -174,7 +175,7 @@ def main() -> None:
     )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="folder of the stores")
     parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES), help="comma-separated methods")
-    parser.add_argument("--trials", type=int, default=5, help="synthetic trials a complete cell has")
+    parser.add_argument("--trials", type=positive_int, default=5, help="synthetic trials a complete cell has")
     args = parser.parse_args()
     candidates = [method.name for method in parse_methods(args.candidates)]
     synthetic_lines, level, dims = _synthetic(
