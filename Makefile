@@ -38,11 +38,13 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/tac.py
 	$(BIN)/python benchmarks/pseudolabels.py
+	$(BIN)/python benchmarks/pseudolabels.py --schemes --output benchmarks/results/label_schemes.md
 	$(BIN)/python benchmarks/serving.py --output benchmarks/results/serving.md
 	$(BIN)/python benchmarks/gpu.py --output benchmarks/results/gpu/gpu.md
 	$(BIN)/python benchmarks/synthetic.py
 	$(BIN)/python benchmarks/uci.py --data-dir $(UCI_DIR)
 	$(BIN)/python benchmarks/w2_rows.py
+	$(BIN)/python benchmarks/beyond_paper.py --results-dir benchmarks/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -36,6 +36,7 @@ import torch
 from _arguments import positive_int
 from _machine import describe_machine
 from _methods import (
+    ALL_METHODS,
     FAILED,
     Method,
     Result,
@@ -57,7 +58,7 @@ from training.evaluate import compute_metrics
 DATASETS = ("energy", "concrete", "wine_red", "abalone", "wine_white", "air_quality", "electrical")
 """Smallest first, so that a run cut short still covers the most data sets."""
 QUICK_DATASETS = ("energy", "concrete")
-DEFAULT_METHODS = "mse,diagonal,nll,beta-nll,faithful,nll-tic,kl,w2,w2-bound,hybrid"
+DEFAULT_METHODS = ",".join(ALL_METHODS)
 QUICK_METHODS = "w2-bound,nll"
 FULL_TRIALS = 3
 FULL_EPOCHS = 40
