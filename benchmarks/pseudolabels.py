@@ -225,7 +225,8 @@ def _refresh_cost(dim: int, samples: int, epochs: int) -> list[str]:
         result = train(split, config, ModelConfig(), run_dir=Path(scratch), progress=False)
     lines = [
         f"`w2-bound --labels residuals --label-refresh 1`, D = {dim}, N = {samples} "
-        f"({len(split.train)} training rows), k = {default_neighbours(LabelScheme.RESIDUALS)}, one process:",
+        f"({len(split.train)} training rows), k = {default_neighbours(LabelScheme.RESIDUALS)}, one process; "
+        f"load average after the run {', '.join(f'{value:.2f}' for value in os.getloadavg())}:",
         "",
         "| epoch | refresh seconds | training seconds (the rest of the epoch) | refresh ÷ training |",
         "|---:|---:|---:|---:|",
