@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.config import Device, ModelConfig, TrainConfig
+from training.config import Device, Hybrid, ModelConfig, TrainConfig
 from training.data import Split
 from training.losses import LossName
 from training.pseudolabels import LabelScheme
@@ -94,7 +94,7 @@ class Method:
         if self.base == HYBRID:  # at least one epoch of each phase
             total = max(epochs, 2)
             return config.model_copy(
-                update={"method": LossName.NLL, "epochs": total, "hybrid_epochs": total // 2}
+                update={"method": Hybrid.HYBRID, "epochs": total, "hybrid_epochs": total // 2}
             )
         return config.model_copy(update={"method": LossName(self.base)})
 

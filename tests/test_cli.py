@@ -82,7 +82,8 @@ def test_export_republishes_a_checkpoint_as_the_next_version(tmp_path: Path) -> 
         (["fit", "--data", "{csv}", "--targets", "nope"], "nope"),
         (["fit", "--data", "{csv}"], "--targets"),
         (["fit", "--data", "{csv}", "--targets", "yield_a", "--inputs", "yield_a"], "yield_a"),
-        (["fit", "--method", "w3"], "method"),
+        (["fit", "--method", "w3"], "method: expected one of mse, nll"),
+        (["fit", "--method", "hybrid", "--epochs", "1"], "--method hybrid needs at least one epoch"),
         (["fit", "--epochs", "3", "--hybrid-epochs", "3"], "--hybrid-epochs"),
         (["fit", "--in-dim", "0"], "--in-dim"),
         (["fit", "--device", "cuda"] if not torch.cuda.is_available() else ["fit", "--lr", "-1"], "--"),
@@ -242,8 +243,9 @@ def test_help_lists_the_label_options_with_their_defaults(capsys: pytest.Capture
         (["--method", "w2-bound", "--labels", "residuals"], "w2-bound", "residuals", 0),
         (["--method", "nll", "--hybrid-epochs", "1", "--labels", "local-linear"], "nll", "local-linear", 1),
         (["--method", "nll", "--labels", "residuals"], "nll", None, 0),
+        (["--method", "hybrid", "--labels", "residuals"], "hybrid", "residuals", 1),
     ],
-    ids=["bound", "hybrid", "no-labels"],
+    ids=["bound", "bound-then-nll", "no-labels", "hybrid-half-of-the-epochs"],
 )
 def test_model_json_records_the_method_and_label_scheme(
     flags: list[str], method: str, labels: str | None, hybrid_epochs: int, tmp_path: Path

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.degenerate_data import constant_target_split
-from training.config import Device, ModelConfig, TrainConfig
+from training.config import Device, Hybrid, ModelConfig, TrainConfig
 from training.covariance import taylor_terms
 from training.data import DataConfig, Split, load_split
 from training.losses import LossName
@@ -157,6 +157,22 @@ def test_hybrid_trains_the_bound_first_then_the_method_on_its_parameterisation(t
     assert result.model.kind.value == "cholesky"
     assert len(result.history) == 2
     assert all(np.isfinite(record["train_loss"]) for record in result.history)
+
+
+def test_the_hybrid_method_trains_the_bound_for_half_of_the_epochs_then_nll(tmp_path: Path) -> None:
+    assert TrainConfig(method=Hybrid.HYBRID, epochs=7).bound_epochs == 3
+    assert TrainConfig(method=Hybrid.HYBRID, epochs=7, hybrid_epochs=5).bound_epochs == 5
+    assert TrainConfig(method=LossName.NLL, epochs=7).bound_epochs == 0
+    split = load_split(DataConfig(samples=400))
+    hybrid = TrainConfig(method=Hybrid.HYBRID, epochs=2, device=Device.CPU, calibrate=False)
+    bound = hybrid.model_copy(update={"method": LossName.W2_BOUND})
+    small = ModelConfig(width=8, depth=1)
+    result = train(split, hybrid, small, run_dir=tmp_path / "hybrid", progress=False)
+    reference = train(split, bound, small, run_dir=tmp_path / "bound", progress=False)
+    assert result.model.kind.value == "cholesky"
+    # the same first epoch as the bound alone (same weights, batches and labels), then another loss
+    assert result.history[0]["train_loss"] == reference.history[0]["train_loss"]
+    assert result.history[1]["train_loss"] != reference.history[1]["train_loss"]
 
 
 def test_calibration_scales_the_raw_covariance_by_the_validation_optimum(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from training import __version__
 from training.compare import run_comparison
-from training.config import RunConfig, TrainConfig, load_config
+from training.config import RunConfig, TrainConfig, load_config, parse_method
 from training.data import Split, load_split
 from training.errors import UsageError
 from training.evaluate import evaluate_model
@@ -75,8 +75,18 @@ _DATA_FLAGS: Flags = {
     "test_fraction": (float, "test share of the rows (default 0.1)"),
 }
 _TRAIN_FLAGS: Flags = {
-    "method": (str, "loss: " + ", ".join(name.value for name in LossName) + " (default w2-bound)"),
-    "hybrid_epochs": (int, "epochs of W2 bound with pseudo-labels before --method (default 0)"),
+    "method": (
+        str,
+        "loss: "
+        + ", ".join(name.value for name in LossName)
+        + ", or hybrid (the W2 bound with pseudo-labels, "
+        f"then NLL) (default {_DEFAULT_TRAIN.method.value})",
+    ),
+    "hybrid_epochs": (
+        int,
+        "epochs of the W2 bound with pseudo-labels before --method (default: half of --epochs for hybrid, "
+        "0 otherwise)",
+    ),
     "epochs": (int, "maximum epochs (default 100)"),
     "batch_size": (int, "rows per step (default 32)"),
     "lr": (float, "AdamW learning rate (default 3e-4)"),
@@ -191,7 +201,7 @@ def _card(config: RunConfig, split: Split, test_metrics: dict[str, float]) -> Mo
         training_input_mean=split.train.inputs.mean(axis=0),
         training_input_covariance=np.atleast_2d(np.cov(split.train.inputs, rowvar=False)),
         labels=config.train.labels.value if uses_pseudo_labels(config.train) else None,
-        hybrid_epochs=config.train.hybrid_epochs,
+        hybrid_epochs=config.train.bound_epochs,
     )
 
 
@@ -262,10 +272,9 @@ def _fit(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     config = load_config(args.config, _overrides(args))
     try:
-        methods = [LossName(name.strip()) for name in str(args.methods).split(",") if name.strip()]
-    except ValueError:
-        valid = ", ".join(name.value for name in LossName)
-        raise UsageError(f"--methods {args.methods!r}: each must be one of {valid}") from None
+        methods = [parse_method(name.strip()) for name in str(args.methods).split(",") if name.strip()]
+    except ValueError as error:
+        raise UsageError(f"--methods {args.methods!r}: {error}") from None
     if args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     run = create_run_directory(config.run_dir, f"{config.name}-compare")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.config import RunConfig
+from training.config import Hybrid, RunConfig
 from training.data import load_split
 from training.losses import LossName
 from training.runs import RunDirectory
@@ -53,7 +53,12 @@ class Comparison:
 
 
 def run_comparison(
-    config: RunConfig, methods: Sequence[LossName], trials: int, run: RunDirectory, *, progress: bool
+    config: RunConfig,
+    methods: Sequence[LossName | Hybrid],
+    trials: int,
+    run: RunDirectory,
+    *,
+    progress: bool,
 ) -> Comparison:
     """Train every method ``trials`` times; trial ``t`` uses data and weight seed ``seed + t`` for all.
 

@@ -6,14 +6,14 @@ from enum import Enum
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from training.data import DataConfig
 from training.errors import UsageError
 from training.losses import LossName
 from training.pseudolabels import DEFAULT_TEMPERATURE, LabelScheme, default_neighbours
 
-__all__ = ["Device", "ModelConfig", "RunConfig", "TrainConfig", "load_config"]
+__all__ = ["Device", "Hybrid", "ModelConfig", "RunConfig", "TrainConfig", "load_config", "parse_method"]
 
 
 class Device(str, Enum):
@@ -22,6 +22,24 @@ class Device(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class Hybrid(str, Enum):
+    """The training method that is not a single loss: the W2 bound with pseudo-labels for the first
+    ``hybrid_epochs`` (default: half of the epochs), then the Gaussian NLL on the same Cholesky head."""
+
+    HYBRID = "hybrid"
+
+
+def parse_method(name: str) -> LossName | Hybrid:
+    """``name`` as a loss or the hybrid; ``ValueError`` listing every method otherwise."""
+    for kind in (LossName, Hybrid):
+        try:
+            return kind(name)
+        except ValueError:
+            continue
+    valid = ", ".join([*(loss.value for loss in LossName), Hybrid.HYBRID.value])
+    raise ValueError(f"method: expected one of {valid}, got {name!r}")
 
 
 class ModelConfig(BaseModel):
@@ -38,9 +56,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: LossName = Field(default=LossName.W2_BOUND, description="loss (--method)")
-    hybrid_epochs: int = Field(
-        default=0, ge=0, description="train the W2 bound for this many epochs first, then --method"
+    method: LossName | Hybrid = Field(default=LossName.W2_BOUND, description="loss or hybrid (--method)")
+    hybrid_epochs: int | None = Field(
+        default=None,
+        ge=0,
+        description="train the W2 bound for this many epochs first, then --method (--hybrid-epochs); "
+        "None: half of the epochs for the hybrid, 0 otherwise",
     )
     epochs: int = Field(default=100, ge=1, description="maximum epochs (--epochs)")
     batch_size: int = Field(default=32, ge=2, description="rows per step (--batch-size)")
@@ -70,6 +91,18 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(default=0, description="seed of weights, batches and splits (--seed)")
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, value: object) -> object:
+        return parse_method(value) if isinstance(value, str) else value
+
+    @property
+    def bound_epochs(self) -> int:
+        """Epochs of the W2 bound before ``method``: ``hybrid_epochs``, or its default."""
+        if self.hybrid_epochs is not None:
+            return self.hybrid_epochs
+        return self.epochs // 2 if self.method is Hybrid.HYBRID else 0
+
     @property
     def label_neighbours(self) -> int:
         """``neighbours``, or the default of the label scheme when it is not set."""
@@ -77,8 +110,12 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _hybrid_needs_a_second_phase(self) -> TrainConfig:
-        if self.hybrid_epochs >= self.epochs:
-            raise ValueError(f"--hybrid-epochs ({self.hybrid_epochs}) must be below --epochs ({self.epochs})")
+        if self.bound_epochs >= self.epochs:
+            raise ValueError(f"--hybrid-epochs ({self.bound_epochs}) must be below --epochs ({self.epochs})")
+        if self.method is Hybrid.HYBRID and self.bound_epochs == 0:
+            raise ValueError(
+                "--method hybrid needs at least one epoch of the W2 bound (--hybrid-epochs >= 1)"
+            )
         return self
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from training.atomic import write_atomically
-from training.config import Device, ModelConfig, TrainConfig
+from training.config import Device, Hybrid, ModelConfig, TrainConfig
 from training.data import Split, Table
 from training.errors import UsageError
 from training.evaluate import compute_metrics
@@ -89,10 +89,11 @@ def resolve_device(device: Device) -> torch.device:
 
 
 def _phase_loss(config: TrainConfig, epoch: int) -> LossSpec:
-    """The loss of ``epoch`` (0-based): the W2 bound during the hybrid phase, then ``method``."""
-    if epoch < config.hybrid_epochs:
+    """The loss of ``epoch`` (0-based): the W2 bound for the first ``bound_epochs``, then ``method`` (NLL
+    for the hybrid, and for ``w2-bound`` with ``hybrid_epochs``)."""
+    if epoch < config.bound_epochs:
         return get_loss(LossName.W2_BOUND)
-    if config.hybrid_epochs and config.method is LossName.W2_BOUND:
+    if config.method is Hybrid.HYBRID or (config.bound_epochs and config.method is LossName.W2_BOUND):
         return get_loss(LossName.NLL)
     return get_loss(config.method)
 
