@@ -34,6 +34,7 @@ from _report import write_report
 from training.config import Device, ModelConfig, TrainConfig
 from training.data import DataConfig, Split, load_split
 from training.losses import LossName
+from training.pseudolabels import LabelScheme
 from training.trainer import train
 
 FULL_DIM = 20
@@ -106,7 +107,13 @@ def _devices(text: str | None) -> list[Device]:
 
 def _measure(method: LossName, split: Split, device: Device) -> EpochCost:
     config = TrainConfig(
-        method=method, epochs=EPOCHS, seed=SEED, device=device, calibrate=False, batch_size=BATCH_SIZE
+        method=method,
+        labels=LabelScheme.TARGETS,  # the labels of the committed GPU runs (computed once, before epoch 1)
+        epochs=EPOCHS,
+        seed=SEED,
+        device=device,
+        calibrate=False,
+        batch_size=BATCH_SIZE,
     )
     with tempfile.TemporaryDirectory(prefix="covserve-gpu-bench-") as scratch:
         result = train(split, config, ModelConfig(), run_dir=Path(scratch), progress=False)

@@ -69,7 +69,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay (--weight-decay)")
     patience: int = Field(default=20, ge=1, description="early-stopping patience in epochs (--patience)")
     grad_clip: float = Field(default=10.0, gt=0, description="max gradient norm (--grad-clip)")
-    labels: LabelScheme = Field(default=LabelScheme.TARGETS, description="pseudo-label scheme (--labels)")
+    labels: LabelScheme = Field(
+        default=LabelScheme.RESIDUALS,
+        description="pseudo-label scheme (--labels); targets is the paper's Algorithm 1",
+    )
     label_refresh: int = Field(
         default=1, ge=1, description="epochs between refreshes of residual labels (--label-refresh)"
     )
