@@ -494,7 +494,7 @@ def compute_pseudo_labels(
     *,
     scheme: LabelScheme | str = LabelScheme.TARGETS,
     predictions: Tensor | None = None,
-    neighbours: int = DEFAULT_NEIGHBOURS,
+    neighbours: int | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     temperature_scale: TemperatureScale | str = TemperatureScale.RELATIVE,
     include_self: bool = True,
@@ -504,8 +504,9 @@ def compute_pseudo_labels(
     """Labels of ``scheme`` for every row of ``inputs`` ``(N, M)`` with ``targets`` ``(N, D)``:
     :func:`find_neighbourhoods`, then :func:`labels_from_neighbourhoods`.
 
-    ``predictions`` ``(N, D)`` is the current mean ``μ̂(x)`` (``residuals`` only). Computed in float64 and
-    returned in the dtype of ``targets``.
+    ``predictions`` ``(N, D)`` is the current mean ``μ̂(x)`` (``residuals`` only); ``neighbours`` defaults
+    to the scheme's (:func:`default_neighbours`). Computed in float64 and returned in the dtype of
+    ``targets``.
     """
     if inputs.ndim != 2 or targets.ndim != 2:
         raise ValueError(
@@ -514,10 +515,9 @@ def compute_pseudo_labels(
         )
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"targets: expected {inputs.shape[0]} rows to match inputs, got {targets.shape[0]}")
-    scheme = parse_label_scheme(scheme)
     neighbourhoods = find_neighbourhoods(
         inputs,
-        neighbours=neighbours,
+        neighbours=default_neighbours(scheme) if neighbours is None else neighbours,
         temperature=temperature,
         temperature_scale=temperature_scale,
         include_self=include_self,
