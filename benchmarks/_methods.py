@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,10 +159,14 @@ def fit_and_score(
 
 def method_label(results: Iterable[Result], method: str) -> str:
     """``method``, followed by ``(k of n diverged)`` when ``k`` of its ``n`` trials diverged (and likewise
-    ``failed``)."""
+    ``failed``), and by ``n of m trials`` when it has fewer trials than the cell's most complete method."""
+    results = list(results)
     trials = [r for r in results if r.method == method]
     counts = {word: sum(1 for r in trials if r.metrics.get(word)) for word in STOPPED}
     notes = [f"{count} of {len(trials)} {word}" for word, count in counts.items() if count]
+    complete = max(Counter(r.method for r in results).values(), default=0)
+    if len(trials) < complete:
+        notes.append(f"{len(trials)} of {complete} trials")
     return f"{method} ({', '.join(notes)})" if notes else method
 
 

@@ -36,14 +36,22 @@ class FitStore:
     machine: str
     fits: dict[str, dict[str, Any]] = field(default_factory=dict)
     reused: int = 0
+    train_missing: bool = True
+    """False for ``--tables-only``: :meth:`fit` returns ``None`` for a fit the store does not hold."""
 
     @classmethod
-    def open(cls, path: Path, settings: dict[str, Any], machine: str, *, resume: bool) -> FitStore:
-        """The store at ``path``: its fits when ``resume`` and the settings agree, else an empty one.
+    def open(
+        cls, path: Path, settings: dict[str, Any], machine: str, *, resume: bool, tables_only: bool = False
+    ) -> FitStore:
+        """The store at ``path``: its fits when ``resume`` (or ``tables_only``) and the settings agree, else
+        an empty one; with ``tables_only`` it trains nothing.
 
         Raises ``SystemExit`` naming the file when it cannot be read or was written with other settings.
         """
-        store = cls(path, json.loads(json.dumps(settings)), machine)
+        if tables_only and not path.exists():
+            raise SystemExit(f"--tables-only: {path} does not exist")
+        resume = resume or tables_only
+        store = cls(path, json.loads(json.dumps(settings)), machine, train_missing=not tables_only)
         if not resume or not path.exists():
             return store
         try:
@@ -64,13 +72,16 @@ class FitStore:
         store.fits = fits
         return store
 
-    def fit(self, key: str, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-        """The stored metrics of ``key`` (counted as reused), or ``compute()``'s, recorded at once."""
+    def fit(self, key: str, compute: Callable[[], dict[str, float]]) -> dict[str, float] | None:
+        """The stored metrics of ``key`` (counted as reused), or ``compute()``'s, recorded at once; ``None``
+        for a fit the store lacks when it trains nothing (``--tables-only``)."""
         stored = self.fits.get(key)
         if stored is not None:
             self.reused += 1
             reused: dict[str, float] = stored["metrics"]
             return reused
+        if not self.train_missing:
+            return None
         metrics = compute()
         date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"
         self.fits[key] = {"metrics": metrics, "date": date, "machine": self.machine}
@@ -92,7 +103,8 @@ class FitStore:
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, default_output: Path, store_name: str) -> None:
-    """The ``--output-dir`` and ``--resume`` options of a benchmark that keeps its fits in ``store_name``."""
+    """The ``--output-dir``, ``--resume`` and ``--tables-only`` options of a benchmark that keeps its fits
+    in ``store_name``."""
     parser.add_argument(
         "--output-dir", type=Path, default=default_output, help="where to write the tables and figures"
     )
@@ -100,4 +112,10 @@ def add_store_arguments(parser: argparse.ArgumentParser, default_output: Path, s
         "--resume",
         action="store_true",
         help=f"reuse the fits in OUTPUT_DIR/{store_name} that have the same settings (default: afresh)",
+    )
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help=f"rewrite the tables from OUTPUT_DIR/{store_name} and train nothing; a fit it lacks is left "
+        "out (the method's label says how many trials it has)",
     )

@@ -120,7 +120,9 @@ def main() -> None:
     names = [m.name for m in methods]
     torch.set_num_threads(1)
     settings = {"samples_per_dim": samples_per_dim, "epochs": epochs, "lr": LEARNING_RATE}
-    store = FitStore.open(args.output_dir / STORE_NAME, settings, _machine(), resume=args.resume)
+    store = FitStore.open(
+        args.output_dir / STORE_NAME, settings, _machine(), resume=args.resume, tables_only=args.tables_only
+    )
     started = time.perf_counter()
     results: dict[int, list[Result]] = {}
     finished: dict[int, int] = {}
@@ -144,6 +146,8 @@ def main() -> None:
                         model=ModelConfig(),
                     ),
                 )
+                if metrics is None:
+                    continue
                 results.setdefault(dim, []).append(Result(method.name, trial, metrics))
                 kl = metrics.get("kl_to_truth", float("nan"))
                 seconds = metrics.get("seconds_per_epoch", float("nan"))

@@ -214,6 +214,8 @@ def _run(
             fits["ngboost"] = partial(_ngboost, split, estimators, trial)
         for name, compute in fits.items():
             metrics = store.fit(f"{protocol.value}/{dataset}/trial={trial}/{name}", compute)
+            if metrics is None:
+                continue
             results.append(Result(name, trial, metrics))
             nll = metrics.get("nll", float("nan"))
             print(f"{protocol.value} {dataset} trial {trial} {name}: NLL {nll:.4g}", flush=True)
@@ -276,7 +278,9 @@ def main() -> None:
     estimators = args.ngboost_estimators or (QUICK_NGBOOST_ESTIMATORS if args.quick else NGBOOST_ESTIMATORS)
     torch.set_num_threads(1)
     settings = {"epochs": epochs, "ngboost_estimators": estimators, "lr": LEARNING_RATE}
-    store = FitStore.open(args.output_dir / STORE_NAME, settings, _machine(), resume=args.resume)
+    store = FitStore.open(
+        args.output_dir / STORE_NAME, settings, _machine(), resume=args.resume, tables_only=args.tables_only
+    )
     started = time.perf_counter()
     tictac: dict[str, list[Result]] = {}
     holdout: dict[str, list[Result]] = {}

@@ -39,7 +39,10 @@ def test_a_diverged_fit_is_recorded_and_counted_in_the_table(
         _methods.Result("nll", 0, {"nll": 1.5, "fit_seconds": 6.0}),
     ]
     table = _methods.markdown_table(results, ["w2", "nll"], [("nll", "NLL"), ("fit_seconds", "fit s")])
-    assert table[2:] == ["| w2 (1 of 2 diverged) | 2 ± 0 | **5 ± 0** |", "| nll | **1.5 ± 0** | 6 ± 0 |"]
+    assert table[2:] == [
+        "| w2 (1 of 2 diverged) | 2 ± 0 | **5 ± 0** |",
+        "| nll (1 of 2 trials) | **1.5 ± 0** | 6 ± 0 |",
+    ]
 
 
 def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
@@ -123,3 +126,16 @@ def test_the_per_row_w2_breakdown_against_hand_computed_rows(monkeypatch: pytest
     assert cells["largest_median"] == pytest.approx(1.0)
     assert cells["smallest_median"] == pytest.approx(1.0)
     assert cells["worst_distance"] > 1.0
+
+
+def test_a_method_with_fewer_trials_than_its_cell_says_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _methods
+
+    results = [
+        _methods.Result("nll", 0, {"nll": 1.0}),
+        _methods.Result("nll", 1, {"nll": 1.2}),
+        _methods.Result("kl", 0, {"nll": 2.0}),
+    ]
+    assert _methods.method_label(results, "kl") == "kl (1 of 2 trials)"
+    assert _methods.method_label(results, "nll") == "nll"

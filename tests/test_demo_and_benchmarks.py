@@ -216,3 +216,24 @@ def test_the_default_scorecard_counts_against_hand_made_stores(tmp_path: Path) -
     assert "| nll | 1 | 0 | 1 | 2 | 2 |" in text
     assert "| targets | 2.00 |" in text
     assert "| ngboost | failed | 1.000 |" in text
+
+
+def test_tables_only_rewrites_the_tables_from_the_store_and_trains_nothing(tmp_path: Path) -> None:
+    script = [sys.executable, str(ROOT / "benchmarks" / "synthetic.py"), "--quick", "--dims", "2"]
+    output = ["--output-dir", str(tmp_path)]
+    first = subprocess.run([*script, "--methods", "nll", *output], capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stored = (tmp_path / "synthetic.json").read_text()
+    again = [*script, "--methods", "nll,w2-bound", "--tables-only", *output]
+    second = subprocess.run(again, capture_output=True, text=True, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "synthetic.json").read_text() == stored
+    table = (tmp_path / "synthetic.md").read_text()
+    assert "| nll |" in table
+    assert "| w2-bound (0 of 1 trials) | — |" in table
+    missing = subprocess.run(
+        [*script, "--tables-only", "--output-dir", str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert missing.returncode != 0
+    assert "--tables-only:" in missing.stderr
+    assert "does not exist" in missing.stderr
