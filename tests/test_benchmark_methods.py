@@ -59,7 +59,7 @@ def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
     assert set(metrics) == {_methods.FAILED, "fit_seconds"}
     assert "ngboost failed:" in capsys.readouterr().out
     results = [_methods.Result("ngboost", trial, metrics) for trial in range(2)]
-    results.append(_methods.Result("nll", 0, {"nll": 1.5}))
+    results += [_methods.Result("nll", trial, {"nll": 1.5}) for trial in range(2)]
     table = _methods.markdown_table(results, ["nll", "ngboost"], [("nll", "NLL"), ("fit_seconds", "fit s")])
     assert table[2:] == ["| nll | **1.5 ± 0** | — |", "| ngboost (2 of 2 failed) | — | — |"]
 
