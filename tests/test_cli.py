@@ -119,6 +119,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(
     assert message in error
     assert "Traceback" not in error
     assert not (tmp_path / "models").exists()
+    assert not (tmp_path / "runs").exists(), "a refused command left a run folder"
 
 
 def test_console_script_reports_errors_without_a_traceback(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from training.trainer import (
     TrainingInterruptedError,
     build_model,
     load_checkpoint,
+    resolve_device,
     score,
     train,
     uses_pseudo_labels,
@@ -217,20 +218,29 @@ def _publish(
     return version
 
 
-def _fit(args: argparse.Namespace) -> int:
-    resume = load_checkpoint(args.resume) if args.resume is not None else None
-    if args.resume is not None:
-        run = RunDirectory(args.resume if args.resume.is_dir() else args.resume.parent)
-        config = load_config(run.path / "config.yaml", {})
-    else:
-        config = load_config(args.config, _overrides(args))
-        run = create_run_directory(config.run_dir, config.name)
-        run.write_config(config)
+def _fit_split(config: RunConfig) -> Split:
+    """The split ``fit`` trains on, refused (with an unusable ``--device``) before any run folder exists
+    if it has no test rows."""
+    resolve_device(config.train.device)
     split = load_split(config.data)
     if len(split.test) == 0:
         raise UsageError(
             "--test-fraction must be > 0: fit reports test metrics and verifies the export on them"
         )
+    return split
+
+
+def _fit(args: argparse.Namespace) -> int:
+    resume = load_checkpoint(args.resume) if args.resume is not None else None
+    if args.resume is not None:
+        run = RunDirectory(args.resume if args.resume.is_dir() else args.resume.parent)
+        config = load_config(run.path / "config.yaml", {})
+        split = _fit_split(config)
+    else:
+        config = load_config(args.config, _overrides(args))
+        split = _fit_split(config)
+        run = create_run_directory(config.run_dir, config.name)
+        run.write_config(config)
     print(split.description)
     print(f"run directory: {run.path}")
 
@@ -277,6 +287,8 @@ def _compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--methods {args.methods!r}: {error}") from None
     if args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    resolve_device(config.train.device)
+    load_split(config.data)
     run = create_run_directory(config.run_dir, f"{config.name}-compare")
     run.write_config(config)
     comparison = run_comparison(config, methods, args.trials, run, progress=not args.no_progress)
