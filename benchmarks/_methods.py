@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.config import Device, Hybrid, ModelConfig, TrainConfig
-from training.data import Split
-from training.losses import LossName
-from training.pseudolabels import LabelScheme
-from training.trainer import TrainingDivergedError, TrainingResult, score, train
+from covserve.training.config import Device, Hybrid, ModelConfig, TrainConfig
+from covserve.training.data import Split
+from covserve.training.losses import LossName
+from covserve.training.pseudolabels import LabelScheme
+from covserve.training.trainer import TrainingDivergedError, TrainingResult, score, train
 
 __all__ = [
     "ALL_METHODS",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.atomic import write_atomically
+from covserve.training.atomic import write_atomically
 
 __all__ = ["write_report"]
 

@@ -31,11 +31,11 @@ from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
-from training.config import Device, ModelConfig, TrainConfig
-from training.data import DataConfig, Split, load_split
-from training.losses import LossName
-from training.pseudolabels import LabelScheme
-from training.trainer import train
+from covserve.training.config import Device, ModelConfig, TrainConfig
+from covserve.training.data import DataConfig, Split, load_split
+from covserve.training.losses import LossName
+from covserve.training.pseudolabels import LabelScheme
+from covserve.training.trainer import train
 
 FULL_DIM = 20
 QUICK_DIM = 3

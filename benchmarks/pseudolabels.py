@@ -39,10 +39,10 @@ from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
-from training.config import Device, ModelConfig, TrainConfig
-from training.data import DataConfig, load_split
-from training.losses import LossName
-from training.pseudolabels import (
+from covserve.training.config import Device, ModelConfig, TrainConfig
+from covserve.training.data import DataConfig, load_split
+from covserve.training.losses import LossName
+from covserve.training.pseudolabels import (
     DEFAULT_NEIGHBOURS,
     LabelScheme,
     Neighbourhoods,
@@ -52,8 +52,8 @@ from training.pseudolabels import (
     find_neighbourhoods,
     labels_from_neighbourhoods,
 )
-from training.synthetic import multivariate
-from training.trainer import predict_raw, train
+from covserve.training.synthetic import multivariate
+from covserve.training.trainer import predict_raw, train
 
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 3_000)

@@ -6,12 +6,12 @@
 
 A demo-shaped model (4 inputs → 4 targets, sqrt parameterisation, width 32, depth 5; random weights, the
 cost of a forward pass does not depend on training) is exported into a temporary repository and served on
-127.0.0.1 by ``python -m service --threads 1 --workers 2 --device cpu`` in its own process, so the load
-generator and the server do not share a GIL. The load generator is asyncio streams sending pre-encoded
-HTTP/1.1 requests (see :class:`Connection`), one keep-alive connection per concurrent caller; each caller
-sends its next request as soon as the last one is answered. A cell warms up for a fifth of its duration,
-then runs for ``--seconds``; responses are read in full and their status checked, and one response per
-cell is decoded and its shapes checked.
+127.0.0.1 by ``python -m covserve.service --threads 1 --workers 2 --device cpu`` in its own process, so
+the load generator and the server do not share a GIL. The load generator is asyncio streams sending
+pre-encoded HTTP/1.1 requests (see :class:`Connection`), one keep-alive connection per concurrent caller; each
+caller sends its next request as soon as the last one is answered. A cell warms up for a fifth of its
+duration, then runs for ``--seconds``; responses are read in full and their status checked, and one
+response per cell is decoded and its shapes checked.
 
 Cells: single-row and 256-row requests, as native JSON (``POST /v1/models/{m}/predict``, default outputs
 mean and covariance) and as OIP binary (``POST /v2/models/{m}/infer``, a binary FP32 input and binary
@@ -54,10 +54,10 @@ from _machine import describe_machine
 from _report import write_report
 from numpy.typing import NDArray
 
-from service._oip import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
-from service._repository import INPUT_NAME, MODEL_FILE
-from training.export import ModelCard, export_model
-from training.networks import CovarianceModel, Standardisation
+from covserve.repository import INPUT_NAME, MODEL_FILE
+from covserve.service._oip import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
+from covserve.training.export import ModelCard, export_model
+from covserve.training.networks import CovarianceModel, Standardisation
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -440,7 +440,7 @@ def _server(arguments: list[str], log: Path) -> Iterator[Server]:
 def _covserve_arguments(repository: Path, device: str) -> list[str]:
     return [
         "-m",
-        "service",
+        "covserve.service",
         "--repository",
         str(repository),
         "--host",
@@ -620,7 +620,7 @@ def main() -> None:
         + (f"; GPU: {torch.cuda.get_device_name(0)}" if args.device == CUDA else ""),
         "",
         f"Model: {IN_DIM} inputs → {OUT_DIM} targets, {KIND} parameterisation, width {WIDTH}, depth {DEPTH}. "
-        f"Server: `python -m service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} "
+        f"Server: `python -m covserve.service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} "
         f"--device {args.device} "
         f"--access-log false` in its own process on {HOST} (the echo runs with uvicorn's `--no-access-log`; "
         "the last section measures the access log's cost). Load: asyncio streams with pre-encoded HTTP/1.1 "

@@ -33,9 +33,9 @@ from _methods import Result, fit_and_score, markdown_table, mean_and_spread, par
 from _report import write_report
 from _store import FitStore, add_store_arguments
 
-from training.atomic import write_atomically
-from training.config import ModelConfig
-from training.data import DataConfig, load_split
+from covserve.training.atomic import write_atomically
+from covserve.training.config import ModelConfig
+from covserve.training.data import DataConfig, load_split
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -27,7 +27,7 @@ from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
 
-from training.metrics import tac
+from covserve.training.metrics import tac
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -51,9 +51,9 @@ from _store import FitStore, add_store_arguments
 from ngboost import NGBRegressor
 from ngboost.distns import MultivariateNormal
 
-from training.config import ModelConfig
-from training.data import TICTAC_SCALE, DataConfig, Protocol, Split, load_split
-from training.evaluate import compute_metrics
+from covserve.training.config import ModelConfig
+from covserve.training.data import TICTAC_SCALE, DataConfig, Protocol, Split, load_split
+from covserve.training.metrics import compute_metrics
 
 DATASETS = ("energy", "concrete", "wine_red", "abalone", "wine_white", "air_quality", "electrical")
 """Smallest first, so that a run cut short still covers the most data sets."""

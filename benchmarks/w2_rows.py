@@ -33,10 +33,10 @@ from _methods import parse_methods, train_method
 from _report import write_report
 from synthetic import FULL_EPOCHS, LEARNING_RATE, QUICK_SAMPLES_PER_DIM, SAMPLES_PER_DIM
 
-from training.config import ModelConfig
-from training.data import DataConfig, load_split
-from training.metrics import kl_to_truth, wasserstein_to_truth
-from training.trainer import TrainingDivergedError, predict_raw
+from covserve.training.config import ModelConfig
+from covserve.training.data import DataConfig, load_split
+from covserve.training.metrics import kl_to_truth, wasserstein_to_truth
+from covserve.training.trainer import TrainingDivergedError, predict_raw
 
 FULL_DIM = 20
 QUICK_DIM = 3

@@ -12,7 +12,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY scripts/install.sh scripts/
-COPY service/ service/
+COPY covserve/__init__.py covserve/_scripts.py covserve/py.typed covserve/
+COPY covserve/service/ covserve/service/
 RUN python -m venv /opt/venv && sh scripts/install.sh /opt/venv/bin/python gpu
 
 FROM ${PYTHON_IMAGE}

@@ -11,7 +11,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY scripts/install.sh scripts/
-COPY training/ training/
+COPY covserve/__init__.py covserve/_scripts.py covserve/py.typed covserve/
+COPY covserve/training/ covserve/training/
 RUN python -m venv /opt/venv && sh scripts/install.sh /opt/venv/bin/python train,cpu
 
 FROM ${PYTHON_IMAGE}

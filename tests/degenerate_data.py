@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from training.data import DataConfig, Split, Table, load_split
+from covserve.training.data import DataConfig, Split, Table, load_split
 
 TargetMap = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from training.covariance import CovarianceKind
-from training.networks import CovarianceModel, Standardisation
+from covserve.training.covariance import CovarianceKind
+from covserve.training.networks import CovarianceModel, Standardisation
 
 
 def random_model(

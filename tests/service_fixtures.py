@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import uvicorn
 
-from service import Settings, create_app
+from covserve.service import Settings, create_app
+from covserve.training.export import ModelCard, export_model
+from covserve.training.networks import Standardisation
 from tests.random_models import random_model
-from training.export import ModelCard, export_model
-from training.networks import Standardisation
 
 STARTUP_TIMEOUT_SECONDS = 60.0
 

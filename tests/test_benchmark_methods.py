@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covserve.training.config import ModelConfig
 from tests.degenerate_data import constant_target_split, linearly_dependent_target_split
-from training.config import ModelConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

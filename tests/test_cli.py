@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.cli import main
-from training.config import TrainConfig
+from covserve.training.cli import main
+from covserve.training.config import ModelConfig, RunConfig, TrainConfig
+from covserve.training.data import DataConfig
 
 SCRIPT = str(Path(sys.executable).parent / "covserve-train")
 UCI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "uci"
@@ -235,7 +236,29 @@ def test_help_lists_the_label_options_with_their_defaults(capsys: pytest.Capture
     assert "--labels LABELS pseudo-label scheme: targets" in text
     assert f"(default {TrainConfig().labels.value})" in text
     assert "--label-refresh LABEL_REFRESH" in text
-    assert "(default 64 for targets, 256 for residuals and local-linear)" in text
+    assert "(unset: 64 for targets, 256 for residuals and local-linear)" in text
+
+
+def test_every_configuration_field_is_a_flag_whose_help_shows_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    sections = {"data": DataConfig(), "train": TrainConfig(), "model": ModelConfig(), "run": RunConfig()}
+    for section, config in sections.items():
+        for name, value in config:
+            if (section, name) in {("data", "seed")} or isinstance(
+                value, (DataConfig, TrainConfig, ModelConfig)
+            ):
+                continue
+            flag = f"--{name.replace('_', '-')} {name.upper()}"
+            assert flag in text, flag
+            if value is not None and value != [] and not isinstance(value, bool):
+                shown = value.value if hasattr(value, "value") else value
+                after = text.rsplit(flag, 1)[1].split(" --", 1)[0]  # its help, not the usage line
+                assert f"(default {shown})" in after, (flag, after)
+    assert "(default yes)" in text.rsplit("--calibrate CALIBRATE", 1)[1].split(" --", 1)[0]
 
 
 @pytest.mark.parametrize(

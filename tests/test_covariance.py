@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.covariance import (
+from covserve.training.covariance import (
     TAYLOR_CHUNK_ELEMENTS,
     CovarianceKind,
     TaylorTerms,
@@ -14,9 +14,9 @@ from training.covariance import (
     taylor_terms,
     unrolled_cholesky,
 )
-from training.losses import wasserstein_bound
-from training.networks import ResidualMLP
-from training.pseudolabels import PseudoLabels
+from covserve.training.losses import wasserstein_bound
+from covserve.training.networks import ResidualMLP
+from covserve.training.pseudolabels import PseudoLabels
 
 DIMENSIONS = (1, 2, 3, 5, 8, 16)
 BATCH = 64

@@ -13,9 +13,18 @@ import pytest
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from training.data import UCI_NAMES, DataConfig, Protocol, Split, Table, load_split, load_table, make_split
-from training.errors import UsageError
-from training.synthetic import multivariate
+from covserve.training.data import (
+    UCI_NAMES,
+    DataConfig,
+    Protocol,
+    Split,
+    Table,
+    load_split,
+    load_table,
+    make_split,
+)
+from covserve.training.errors import UsageError
+from covserve.training.synthetic import multivariate
 
 DEFAULT_DATA_DIR: Path = DataConfig.model_fields["data_dir"].default
 UCI_DIR = (Path(__file__).resolve().parents[1] / DEFAULT_DATA_DIR).resolve()

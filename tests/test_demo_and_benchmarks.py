@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service import Settings
+from covserve.service import Settings
+from covserve.training.cli import main as cli_main
 from tests.service_fixtures import export_tiny_model, running_server
-from training.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,10 +20,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import Settings, create_app
-from service.cli import DRAIN_SECONDS
+from covserve.service import Settings, create_app
+from covserve.service.cli import DRAIN_SECONDS
+from covserve.training.cli import _parser as training_parser
 from tests.service_fixtures import export_tiny_model, running_server
-from training.cli import _parser as training_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

@@ -23,21 +23,20 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from tests.random_models import random_model
-from training.errors import UsageError
-from training.evaluate import PREDICT_CHUNK_ROWS, compute_metrics, evaluate_model, predict_onnx
-from training.export import (
-    METADATA_FILE,
-    MODEL_FILE,
+from covserve.repository import METADATA_FILE, MODEL_FILE, SCHEMA_VERSION, TEMPORARY_PREFIX
+from covserve.training.errors import UsageError
+from covserve.training.evaluate import PREDICT_CHUNK_ROWS, evaluate_model, predict_onnx
+from covserve.training.export import (
     OPSET,
     PARITY_RTOL,
-    TEMPORARY_PREFIX,
     ExportError,
     ModelCard,
     export_model,
-    read_metadata,
+    read_published,
 )
-from training.networks import CovarianceModel, Standardisation
+from covserve.training.metrics import compute_metrics
+from covserve.training.networks import CovarianceModel, Standardisation
+from tests.random_models import random_model
 
 IN_DIM = 3
 OUT_DIM = 2
@@ -158,12 +157,13 @@ def test_metadata(published: Published, kind: str) -> None:
     text = (version_dir / METADATA_FILE).read_text(encoding="utf-8")
     metadata = json.loads(text)
     assert text == json.dumps(metadata, sort_keys=True, indent=2) + "\n"
-    assert read_metadata(version_dir) == metadata
+    assert read_published(version_dir).model_dump(mode="json") == metadata
     onnx_bytes = (version_dir / MODEL_FILE).read_bytes()
     opsets = {entry.domain: entry.version for entry in onnx.load_from_string(onnx_bytes).opset_import}
     card = build_card()
     created = metadata.pop("created")
     assert metadata == {
+        "schema_version": SCHEMA_VERSION,
         "name": NAME,
         "version": int(version_dir.name),
         "input_names": ["a", "b", "c"],
@@ -277,25 +277,26 @@ def test_read_metadata_detects_missing_and_corrupt_files(published: Published, t
     copy_dir.mkdir()
     for name in (MODEL_FILE, METADATA_FILE):
         (copy_dir / name).write_bytes((published.versions["sqrt"] / name).read_bytes())
-    read_metadata(copy_dir)
+    read_published(copy_dir)
 
     model_bytes = bytearray((copy_dir / MODEL_FILE).read_bytes())
     model_bytes[len(model_bytes) // 2] ^= 0xFF
     (copy_dir / MODEL_FILE).write_bytes(bytes(model_bytes))
     with pytest.raises(UsageError, match=r"model\.onnx: corrupt"):
-        read_metadata(copy_dir)
+        read_published(copy_dir)
     with pytest.raises(UsageError, match=r"model\.onnx: corrupt"):
         predict_onnx(copy_dir, _inputs(2, seed=31))
 
     (copy_dir / MODEL_FILE).unlink()
     with pytest.raises(UsageError, match=r"model\.onnx: missing"):
-        read_metadata(copy_dir)
+        read_published(copy_dir)
+    (copy_dir / MODEL_FILE).write_bytes((published.versions["sqrt"] / MODEL_FILE).read_bytes())
     (copy_dir / METADATA_FILE).write_text("{not json", encoding="utf-8")
-    with pytest.raises(UsageError, match=r"model\.json: cannot read"):
-        read_metadata(copy_dir)
+    with pytest.raises(UsageError, match=r"model\.json: not valid JSON"):
+        read_published(copy_dir)
     (copy_dir / METADATA_FILE).unlink()
     with pytest.raises(UsageError, match=r"model\.json: missing"):
-        read_metadata(copy_dir)
+        read_published(copy_dir)
 
 
 # ----------------------------------------------------------------------------------------------- failures
@@ -446,6 +447,6 @@ def test_killed_exports_never_leave_a_partial_version(published: Published, tmp_
     for number in versions:
         version_dir = model_dir / str(number)
         assert sorted(os.listdir(version_dir)) == [METADATA_FILE, MODEL_FILE], (entries, seed)
-        metadata = read_metadata(version_dir)  # valid JSON whose sha256 matches model.onnx
-        assert metadata["version"] == number, (entries, seed)
+        metadata = read_published(version_dir)  # valid JSON whose sha256 matches model.onnx
+        assert metadata.version == number, (entries, seed)
     print(f"seed {seed}: {entries}")

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from training.numerics import (
+from covserve.training.numerics import (
     INPUT_METRIC_RIDGE,
     LOCAL_LINEAR_DOF_FLOOR,
     LOCAL_LINEAR_RIDGE,
     PSEUDO_LABEL_JITTER,
 )
-from training.pseudolabels import (
+from covserve.training.pseudolabels import (
     LabelScheme,
     compute_pseudo_labels,
     find_neighbourhoods,
     labels_from_neighbourhoods,
 )
-from training.synthetic import multivariate
+from covserve.training.synthetic import multivariate
 
 
 def _naive_neighbourhoods(inputs: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import Device, ModelConfig, TrainConfig
-from training.data import DataConfig, load_split
-from training.errors import UsageError
-from training.labelling import refresh_due
-from training.losses import LossName
-from training.pseudolabels import LabelScheme
-from training.trainer import load_checkpoint, score, train
+from covserve.training.config import Device, ModelConfig, TrainConfig
+from covserve.training.data import DataConfig, load_split
+from covserve.training.errors import UsageError
+from covserve.training.labelling import refresh_due
+from covserve.training.losses import LossName
+from covserve.training.pseudolabels import LabelScheme
+from covserve.training.trainer import load_checkpoint, score, train
 
 SMALL = ModelConfig(width=8, depth=1)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from training.covariance import (
+from covserve.training.covariance import (
     CovarianceKind,
     FactoredCovariance,
     SymmetricRootCovariance,
@@ -18,7 +18,7 @@ from training.covariance import (
     make_parameterisation,
     taylor_terms,
 )
-from training.losses import (
+from covserve.training.losses import (
     DEFAULT_BETA,
     LossName,
     get_loss,
@@ -26,7 +26,7 @@ from training.losses import (
     wasserstein,
     wasserstein_bound,
 )
-from training.pseudolabels import PseudoLabels
+from covserve.training.pseudolabels import PseudoLabels
 
 BATCH = 32
 DIM = 4

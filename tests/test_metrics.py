@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 from scipy import stats
 
-from training.metrics import (
+from covserve.training.metrics import (
     DEFAULT_LEVELS,
     calibrated_gaussian_nll,
     calibration,

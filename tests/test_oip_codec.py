@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from service._errors import ApiError
-from service._oip import (
+from covserve.service._errors import ApiError
+from covserve.service._oip import (
     HEADER_LENGTH_HEADER,
     KNOWN_DATATYPES,
     SUPPORTED_DATATYPES,

@@ -4,45 +4,50 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-import service
-import training
+import covserve
+from covserve import _scripts
 
 MODULES = [
-    "training",
-    "training.atomic",
-    "training.cli",
-    "training.covariance",
-    "training.gaussian",
-    "training.labelling",
-    "training.losses",
-    "training.metrics",
-    "training.numerics",
-    "training.pseudolabels",
-    "training.synthetic",
-    "service",
-    "service.cli",
-    "service.gaussian",
-    "service._access",
-    "service._app",
-    "service._body",
-    "service._direct",
-    "service._errors",
-    "service._inference",
-    "service._metrics",
-    "service._models",
-    "service._native",
-    "service._oip",
-    "service._oip_routes",
-    "service._openapi",
-    "service._repository",
-    "service._runtime",
-    "service._settings",
+    "covserve",
+    "covserve._scripts",
+    "covserve.repository",
+    "covserve.training",
+    "covserve.training.atomic",
+    "covserve.training.cli",
+    "covserve.training.covariance",
+    "covserve.training.labelling",
+    "covserve.training.losses",
+    "covserve.training.metrics",
+    "covserve.training.numerics",
+    "covserve.training.pipeline",
+    "covserve.training.pseudolabels",
+    "covserve.training.synthetic",
+    "covserve.service",
+    "covserve.service.cli",
+    "covserve.service.gaussian",
+    "covserve.service._access",
+    "covserve.service._app",
+    "covserve.service._body",
+    "covserve.service._direct",
+    "covserve.service._errors",
+    "covserve.service._inference",
+    "covserve.service._metrics",
+    "covserve.service._models",
+    "covserve.service._native",
+    "covserve.service._oip",
+    "covserve.service._oip_routes",
+    "covserve.service._openapi",
+    "covserve.service._repository",
+    "covserve.service._runtime",
+    "covserve.service._settings",
 ]
 SCRIPTS = Path(sys.executable).parent
 
@@ -62,17 +67,95 @@ def test_all_lists_exactly_the_public_definitions(name: str) -> None:
     assert defined_here <= exported, defined_here - exported
 
 
-@pytest.mark.parametrize(("script", "package"), [("covserve-train", training), ("covserve-serve", service)])
-def test_console_scripts_report_the_version(script: str, package: object) -> None:
+@pytest.mark.parametrize("script", ["covserve-train", "covserve-serve"])
+def test_console_scripts_report_the_version(script: str) -> None:
     result = subprocess.run([str(SCRIPTS / script), "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"covserve {package.__version__}"  # type: ignore[attr-defined]
+    assert result.stdout.strip() == f"covserve {covserve.__version__}"
+
+
+@pytest.mark.parametrize("name", ["training", "service"])
+def test_only_the_covserve_namespace_is_installed(name: str, tmp_path: Path) -> None:
+    """A user's own ``training/`` or ``service/`` never collides with ours: we install no such top level."""
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is not None)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"an installed top-level {name!r} package exists"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("USER_CODE = True\n")
+    code = (
+        f"import {name}, covserve.{name}.cli; "
+        f"assert {name}.USER_CODE and covserve.{name}.cli.__file__ != {name}.__file__"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_wheel_has_one_top_level_package(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so the build's own build/ folder never lands in the checkout
+    shutil.copytree(root / "covserve", source / "covserve", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+        str(source),
+    ]
+    subprocess.run(command, capture_output=True, check=True)
+    (wheel,) = tmp_path.glob("covserve-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        top_level = next(name for name in names if name.endswith(".dist-info/top_level.txt"))
+        assert archive.read(top_level).decode().split() == ["covserve"]
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {
+        "covserve"
+    }
+    assert "covserve/service/cli.py" in names
+    assert "covserve/training/cli.py" in names
+
+
+def test_covserve_train_without_the_training_extra_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_scripts, "TRAIN_EXTRA_MODULES", ("torch", "covserve_absent_extra_module"))
+    assert _scripts.train() == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "missing: covserve_absent_extra_module" in error
+    assert "pip install 'covserve[train]'" in error
 
 
 def test_the_service_package_never_imports_torch() -> None:
     code = (
-        "import sys, service, service.cli, service.gaussian, service._app; "
+        "import sys, covserve.service, covserve.service.cli, covserve.service.gaussian, "
+        "covserve.service._app; "
         "assert 'torch' not in sys.modules, 'service imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("covserve.training.trainer", ("onnxruntime", "onnx")),
+        ("covserve.repository", ("torch", "onnx", "onnxruntime", "covserve.training")),
+    ],
+)
+def test_modules_do_not_import_what_they_do_not_need(module: str, absent: tuple[str, ...]) -> None:
+    code = (
+        f"import sys, {module}; loaded = sorted(set({absent!r}) & set(sys.modules)); "
+        "assert not loaded, f'imported {loaded}'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from matplotlib.patches import Ellipse
 from numpy.typing import NDArray
 from scipy import stats
 
-from training.plots import (
+from covserve.training.plots import (
     MAX_POINTS,
     calibration_curve,
     covariance_ellipses,

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.numerics import INPUT_METRIC_RIDGE, PSEUDO_LABEL_JITTER
-from training.pseudolabels import (
+from covserve.training.numerics import INPUT_METRIC_RIDGE, PSEUDO_LABEL_JITTER
+from covserve.training.pseudolabels import (
     DEFAULT_NEIGHBOURS,
     PseudoLabels,
     compute_pseudo_labels,
     mahalanobis_whitening,
 )
-from training.synthetic import multivariate
+from covserve.training.synthetic import multivariate
 
 RECOVERY_THRESHOLD = 0.5
 """Mean relative Frobenius error allowed on the 4 → 4 synthetic set (measured: 0.382).

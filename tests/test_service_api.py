@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service import Settings, gaussian
-from service._native import ConditionRequest, PredictRequest
+from covserve.service import Settings, gaussian
+from covserve.service._native import ConditionRequest, PredictRequest
 from tests.service_fixtures import export_tiny_model, running_server
 
 SERVE = str(Path(sys.executable).parent / "covserve-serve")

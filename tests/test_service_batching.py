@@ -17,11 +17,11 @@ import pytest
 import tritonclient.http.aio as triton_aio
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from service import Settings
-from service._inference import Inference, Outcome
-from service._metrics import LOG_DET_BUCKETS, ArrayHistogram, ServiceMetrics
-from service._models import ServedModels
-from service._runtime import LoadedModel
+from covserve.service import Settings
+from covserve.service._inference import Inference, Outcome
+from covserve.service._metrics import LOG_DET_BUCKETS, ArrayHistogram, ServiceMetrics
+from covserve.service._models import ServedModels
+from covserve.service._runtime import LoadedModel
 from tests.service_fixtures import export_tiny_model, running_server
 
 TOLERANCE = 1e-6

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from service import Settings, gaussian
+from covserve.service import Settings, gaussian
 from tests.service_fixtures import export_tiny_model, running_server
 
 MODELS = {"alpha": (3, 2), "beta": (2, 3)}

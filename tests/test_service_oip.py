@@ -12,7 +12,7 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from service import Settings
+from covserve.service import Settings
 from tests.service_fixtures import export_tiny_model, running_server
 
 ROWS = np.random.default_rng(5).normal(size=(6, 3)).astype(np.float32)

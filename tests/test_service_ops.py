@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import Settings
+from covserve.service import Settings
 from tests.service_fixtures import export_tiny_model, running_server
 
 ROW = {"inputs": [[0.1, 0.2, 0.3]]}
@@ -116,7 +116,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
     repository = _alpha_repository(tmp_path / "models")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(port)]
+    command = [sys.executable, "-m", "covserve.service", "--repository", str(repository), "--port", str(port)]
     # a 10 s batching delay holds every request in flight until the signal has certainly arrived
     batching = ["--max-queue-delay-ms", "10000", "--max-batch-size", "1000"]
     process = subprocess.Popen([*command, "--threads", "1", *batching], stderr=subprocess.DEVNULL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,16 +23,15 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from service._repository import (
-    METADATA_FILE,
-    MODEL_FILE,
+from covserve.repository import METADATA_FILE, MODEL_FILE
+from covserve.service._repository import (
     InvalidVersionError,
     ModelVersion,
     RepositoryScan,
     read_version,
     scan_repository,
 )
-from service._runtime import (
+from covserve.service._runtime import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     Device,
@@ -41,9 +41,9 @@ from service._runtime import (
     available_cpus,
     load_model,
 )
+from covserve.training.export import ModelCard, export_model
+from covserve.training.networks import CovarianceModel, Standardisation
 from tests.random_models import random_model
-from training.export import ModelCard, export_model
-from training.networks import CovarianceModel, Standardisation
 
 IN_DIM = 3
 OUT_DIM = 2
@@ -202,7 +202,7 @@ def test_scan_finds_both_models_and_every_version(repository: Path) -> None:
     assert version.input_names == ("a", "b", "c")
     assert version.target_names == ("y0", "y1")
     assert (version.in_dim, version.out_dim) == (IN_DIM, OUT_DIM)
-    assert version.metadata["parameterisation"] == KINDS[DEMO]
+    assert version.metadata.parameterisation == KINDS[DEMO]
     assert version.model_path == version.path / MODEL_FILE
     np.testing.assert_allclose(version.training_mean, TRAIN_INPUTS.mean(axis=0), rtol=1e-12)
 
@@ -286,20 +286,36 @@ INVALID_CASES: dict[str, tuple[Mutation, str, str]] = {
         METADATA_FILE,
         "'training_inputs'['covariance'] is missing",
     ),
-    "string-dim": (_edit(lambda m: m.update(in_dim="3")), METADATA_FILE, "'in_dim' must be an integer >= 1"),
-    "bool-version": (_edit(lambda m: m.update(version=True)), METADATA_FILE, "'version' must be an integer"),
-    "zero-dim": (_edit(lambda m: m.update(out_dim=0)), METADATA_FILE, "'out_dim' must be an integer >= 1"),
+    "string-dim": (
+        _edit(lambda m: m.update(in_dim="3")),
+        METADATA_FILE,
+        "'in_dim': Input should be a valid integer, got \"3\"",
+    ),
+    "bool-version": (
+        _edit(lambda m: m.update(version=True)),
+        METADATA_FILE,
+        "'version': Input should be a valid integer, got true",
+    ),
+    "zero-dim": (
+        _edit(lambda m: m.update(out_dim=0)),
+        METADATA_FILE,
+        "'out_dim': Input should be greater than or equal to 1, got 0",
+    ),
     "string-names": (
         _edit(lambda m: m.update(input_names="abc")),
         METADATA_FILE,
-        "'input_names' must be a list of non-empty strings",
+        "'input_names': Input should be a valid array, got \"abc\"",
     ),
     "duplicate-names": (
         _edit(lambda m: m.update(input_names=["a", "b", "a"])),
         METADATA_FILE,
-        "'input_names' repeats the names ['a']",
+        "'input_names': repeats the names ['a']",
     ),
-    "null-name": (_edit(lambda m: m.update(name=None)), METADATA_FILE, "'name' must be a non-empty string"),
+    "null-name": (
+        _edit(lambda m: m.update(name=None)),
+        METADATA_FILE,
+        "'name': Input should be a valid string, got null",
+    ),
     "bad-sha-format": (
         _edit(lambda m: m.update(onnx_sha256="abc")),
         METADATA_FILE,
@@ -349,7 +365,7 @@ INVALID_CASES: dict[str, tuple[Mutation, str, str]] = {
     "metric-not-a-number": (
         _edit(lambda m: m["test_metrics"].update(nll="low")),
         METADATA_FILE,
-        "'test_metrics'['nll'] must be a finite number",
+        "'test_metrics'['nll']: Input should be a valid number, got \"low\"",
     ),
     "version-vs-folder": (
         _edit(lambda m: m.update(version=7)),
@@ -396,7 +412,7 @@ def test_folder_names_must_spell_the_version_exactly(repository: Path) -> None:
 
 def test_training_precision_inverts_the_training_covariance(exported: Exported) -> None:
     version = read_version(exported.template / DEMO / "1")
-    covariance = np.asarray(version.metadata["training_inputs"]["covariance"], dtype=np.float64)
+    covariance = version.metadata.training_inputs.covariance_array()
     np.testing.assert_allclose(covariance, np.cov(TRAIN_INPUTS, rowvar=False), rtol=1e-12)
     np.testing.assert_allclose(version.training_precision @ covariance, np.eye(IN_DIM), atol=PRECISION_ATOL)
     np.testing.assert_array_equal(version.training_precision, version.training_precision.T)
@@ -506,8 +522,19 @@ def test_concurrent_runs_share_one_session(demo: LoadedModel) -> None:
         np.testing.assert_array_equal(one.scale, other.scale)
 
 
-def test_warm_up_runs_again(demo: LoadedModel) -> None:
+def test_warm_up_can_run_again_and_leaves_predictions_unchanged(demo: LoadedModel) -> None:
+    inputs = _random_inputs(5, seed=7)
+    before = demo.run(inputs)
     demo.warm_up()
+    after = demo.run(inputs)
+    np.testing.assert_array_equal(before.mean, after.mean)
+    np.testing.assert_array_equal(before.covariance, after.covariance)
+
+
+def test_warm_up_refuses_a_model_that_is_not_finite_at_its_training_mean(demo: LoadedModel) -> None:
+    far = dataclasses.replace(demo.version, training_mean=np.full(IN_DIM, 3.0e38))
+    with pytest.raises(InvalidModelError, match="is not finite at the training mean"):
+        load_model(far, Device.CPU, THREADS)
 
 
 # ------------------------------------------------------------------------------------------------ devices
@@ -694,8 +721,8 @@ def test_a_model_replaced_after_the_scan_is_invalid(repository: Path) -> None:
 
 def test_runtime_and_repository_import_neither_torch_nor_onnx() -> None:
     code = (
-        "import sys, service._runtime, service._repository; "
-        "loaded = sorted({'torch', 'onnx', 'training'} & set(sys.modules)); "
+        "import sys, covserve.service._runtime, covserve.service._repository; "
+        "loaded = sorted({'torch', 'onnx', 'covserve.training'} & set(sys.modules)); "
         "assert not loaded, f'service imported {loaded}'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

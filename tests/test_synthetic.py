@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy.stats import spearmanr
 
-from training.synthetic import (
+from covserve.training.synthetic import (
     NOISE_FLOOR,
     SinusoidAmplitude,
     SyntheticDataset,

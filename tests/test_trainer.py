@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from covserve.training.config import Device, Hybrid, ModelConfig, TrainConfig
+from covserve.training.covariance import taylor_terms
+from covserve.training.data import DataConfig, Split, load_split
+from covserve.training.losses import LossName
+from covserve.training.metrics import variance_calibration
+from covserve.training.networks import CovarianceModel, Standardisation
+from covserve.training.pseudolabels import LabelScheme
+from covserve.training.trainer import CHECKPOINT_FILE, TrainingDivergedError, load_checkpoint, score, train
 from tests.degenerate_data import constant_target_split
-from training.config import Device, Hybrid, ModelConfig, TrainConfig
-from training.covariance import taylor_terms
-from training.data import DataConfig, Split, load_split
-from training.losses import LossName
-from training.metrics import variance_calibration
-from training.networks import CovarianceModel, Standardisation
-from training.pseudolabels import LabelScheme
-from training.trainer import CHECKPOINT_FILE, TrainingDivergedError, load_checkpoint, score, train
 
 CLAIM_SEEDS = (0, 1, 2)
 CLAIM_EPOCHS = 4

@@ -1,0 +1,161 @@
+"""Pure ASGI middleware in front of every route: bearer auth, the declared body limit, accounting, access log.
+
+It is plain ASGI rather than ``@app.middleware("http")`` (Starlette's ``BaseHTTPMiddleware``), which wraps
+every request and response in extra tasks and streams and costs a large share of a small request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+
+import orjson
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from covserve.service._errors import error_body
+from covserve.service._metrics import ServiceMetrics
+from covserve.service._models import VERSION_PATTERN, ServedModels
+from covserve.service._settings import Settings
+
+__all__ = ["AccessMiddleware"]
+
+LOGGER = logging.getLogger("covserve.access")
+OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/redoc")
+METRICS_PATH = "/metrics"
+BEARER = b"Bearer "
+JSON_HEADERS = [(b"content-type", b"application/json")]
+UNAUTHORISED = "authorization: expected 'Bearer <api key>', got a missing or unknown key"
+
+
+class AccessMiddleware:
+    """Refuses unauthorised (401) and declared-oversized (413) requests, then counts, times and logs.
+
+    Per request: ``covserve_requests_total{model,version,route,code}``, ``covserve_request_duration_seconds``,
+    ``covserve_inflight_requests``, an ``x-request-id`` response header (the client's, or a fresh one) and
+    one JSON access-log line (unless ``access_log`` is off). The ``model`` and ``version`` labels name
+    served models only (a path naming anything else is counted under ``""``), so clients cannot grow the
+    label set. Keys are compared in constant time and never logged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        models: ServedModels,
+        keys: Sequence[str],
+    ) -> None:
+        self._app = app
+        self._settings = settings
+        self._metrics = metrics
+        self._models = models
+        self._keys = [key.encode() for key in keys]
+        self._request_ids = _RequestIds()
+        self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        path: str = scope["path"]
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or self._request_ids.next()
+        refusal = self._refusal(path, headers)
+        status = 500
+        tagged = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_tagged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), tagged]
+            await send(message)
+
+        self._metrics.inflight.inc()
+        try:
+            if refusal is None:
+                await self._app(scope, receive, send_tagged)
+            else:
+                code, message = refusal
+                await _send_error(send_tagged, code, message)
+        finally:
+            self._metrics.inflight.dec()
+            self._account(scope, request_id, status, time.perf_counter() - started)
+
+    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        needs_key = (
+            self._keys
+            and not path.startswith(OPEN_PATHS)
+            and (path != METRICS_PATH or self._settings.protect_metrics)
+        )
+        if needs_key and not self._authorised(headers.get(b"authorization", b"")):
+            return 401, UNAUTHORISED
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self._settings.max_body_bytes:
+            return 413, f"body: at most {self._settings.max_body_bytes} bytes, got {declared.decode()}"
+        return None
+
+    def _authorised(self, supplied: bytes) -> bool:
+        token = supplied[len(BEARER) :] if supplied.startswith(BEARER) else b""
+        return any(hmac.compare_digest(token, key) for key in self._keys)
+
+    def _account(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+        model, version = self._served(scope.get("path_params", {}))
+        route = str(getattr(scope.get("route"), "path", "unmatched"))
+        key = (model, version, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self._metrics.requests.labels(model, version, route, str(status)),
+                self._metrics.request_duration.labels(model, route),
+            )
+        requests, duration = series
+        requests.inc()
+        duration.observe(elapsed)
+        if self._settings.access_log and LOGGER.isEnabledFor(logging.INFO):
+            line = orjson.dumps(
+                {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "model": model,
+                    "version": version,
+                    "status": status,
+                    "seconds": round(elapsed, 6),
+                }
+            ).decode()
+            # a record made directly: Logger.info would walk the (deep, async) stack for the caller's line
+            LOGGER.handle(LOGGER.makeRecord(LOGGER.name, logging.INFO, __file__, 0, line, (), None))
+
+    def _served(self, parameters: dict[str, str]) -> tuple[str, str]:
+        """``(model, version)`` labels: the path's, where they name a served model (and version)."""
+        versions = self._models.versions.get(parameters.get("name", ""))
+        if versions is None:
+            return "", ""
+        version = parameters.get("version", "")
+        served = VERSION_PATTERN.fullmatch(version) is not None and int(version) in versions
+        return parameters["name"], version if served else ""
+
+
+class _RequestIds:
+    """Fresh request ids: 32 hex digits, a random per-process prefix and a counter (unique, cheap)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = error_body(message)
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

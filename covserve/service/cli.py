@@ -1,0 +1,84 @@
+"""``covserve-serve`` (and ``python -m service``): serve a model repository over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import onnxruntime
+import uvicorn
+from pydantic import ValidationError
+
+from covserve import __version__
+from covserve.service._app import create_app
+from covserve.service._models import ServedModels
+from covserve.service._runtime import CUDA_PROVIDER, Device
+from covserve.service._settings import Settings
+
+__all__ = ["main"]
+
+PROG = "covserve-serve"
+EXIT_USAGE = 2
+DRAIN_SECONDS = 30
+"""Longest wait for in-flight requests after SIGTERM (match Kubernetes' terminationGracePeriodSeconds)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve the models of a covserve model repository over HTTP. Every flag can also be set "
+        "as an environment variable COVSERVE_<FLAG> (e.g. COVSERVE_PORT=9000).",
+    )
+    parser.add_argument("--version", action="version", version=f"covserve {__version__}")
+    for name, field in Settings.model_fields.items():
+        if name == "api_keys":
+            continue
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, load the repository and serve until interrupted; returns the exit code."""
+    args = _parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "flags"
+        print(f"{PROG}: error: {flag}: {first['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings.device is Device.CUDA and CUDA_PROVIDER not in onnxruntime.get_available_providers():
+        print(
+            f"{PROG}: error: --device cuda: this ONNX Runtime build has no CUDA provider "
+            "(install covserve[gpu] instead of covserve[cpu], or use --device auto)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=DRAIN_SECONDS,
+    )
+    _DrainingServer(config, app.state.models).run()
+    return 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT readiness turns false at once; uvicorn then lets in-flight requests finish."""
+
+    def __init__(self, config: uvicorn.Config, models: ServedModels) -> None:
+        super().__init__(config)
+        self._models = models
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._models.draining = True
+        super().handle_exit(sig, frame)

@@ -1,0 +1,177 @@
+"""Training orchestration: data → run folder → trainer → test scores → model repository → report.
+
+The CLI (:mod:`covserve.training.cli`) parses flags and prints; everything a run *does* is here, so a
+notebook or another front end drives the same steps. Data and the device are checked before a run folder
+exists, so a usage or data error never leaves an orphan ``runs/<name>-<time>/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covserve import __version__
+from covserve.training.compare import Comparison, run_comparison
+from covserve.training.config import Hybrid, RunConfig, load_config
+from covserve.training.data import Split, load_split
+from covserve.training.errors import UsageError
+from covserve.training.export import ModelCard, export_model
+from covserve.training.losses import LossName
+from covserve.training.networks import CovarianceModel
+from covserve.training.runs import RunDirectory, create_run_directory
+from covserve.training.trainer import (
+    build_model,
+    load_checkpoint,
+    resolve_device,
+    score,
+    train,
+    uses_pseudo_labels,
+)
+
+__all__ = [
+    "VERIFICATION_ROWS",
+    "FitOutcome",
+    "compare",
+    "fit",
+    "load_fit_split",
+    "model_card",
+    "publish",
+    "republish",
+    "start_run",
+]
+
+VERIFICATION_ROWS = 256
+"""Test rows on which ONNX Runtime must reproduce torch before a version is published."""
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What :func:`fit` produced: test ``metrics``, the published ``version`` directory (``None`` for a
+    ``tic`` model, which has no ONNX form) and the path of ``report.json``."""
+
+    metrics: dict[str, float]
+    version: Path | None
+    report_path: Path
+
+
+def load_fit_split(config: RunConfig) -> Split:
+    """The split ``fit`` trains on, after checking ``--device``; a split without test rows is refused
+    (the test rows score the model and verify its export)."""
+    resolve_device(config.train.device)
+    split = load_split(config.data)
+    if len(split.test) == 0:
+        raise UsageError(
+            "--test-fraction must be > 0: fit reports test metrics and verifies the export on them"
+        )
+    return split
+
+
+def start_run(config: RunConfig, suffix: str = "") -> RunDirectory:
+    """A new run folder ``<run_dir>/<name><suffix>-<time>/`` holding ``config.yaml``."""
+    run = create_run_directory(config.run_dir, f"{config.name}{suffix}")
+    run.write_config(config)
+    return run
+
+
+def model_card(config: RunConfig, split: Split, test_metrics: dict[str, float]) -> ModelCard:
+    """The ``model.json`` contents a run knows: names, method, labels, data and training-input statistics."""
+    return ModelCard(
+        name=config.name,
+        method=config.train.method.value,
+        input_names=split.train.input_names,
+        target_names=split.train.target_names,
+        data_description=split.description,
+        split_sizes=split.sizes(),
+        test_metrics=test_metrics,
+        training_input_mean=split.train.inputs.mean(axis=0),
+        training_input_covariance=np.atleast_2d(np.cov(split.train.inputs, rowvar=False)),
+        labels=config.train.labels.value if uses_pseudo_labels(config.train) else None,
+        hybrid_epochs=config.train.bound_epochs,
+    )
+
+
+def publish(
+    model: CovarianceModel, config: RunConfig, split: Split, metrics: dict[str, float]
+) -> Path | None:
+    """Export ``model`` as the next version of ``config.name``; ``None`` for a ``tic`` model."""
+    if model.kind.value == "tic":
+        return None
+    verification = split.test.inputs[:VERIFICATION_ROWS]
+    return export_model(model.cpu(), model_card(config, split, metrics), config.repository, verification)
+
+
+def fit(
+    config: RunConfig,
+    split: Split,
+    run: RunDirectory,
+    *,
+    resume: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitOutcome:
+    """Train (or continue ``resume``), score the test split, plot, publish and write ``report.json``.
+
+    ``on_epoch`` sees every epoch's record after it is appended to the run's ``metrics.jsonl``.
+    """
+
+    def record_epoch(record: dict[str, float]) -> None:
+        run.append_epoch(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    result = train(
+        split,
+        config.train,
+        config.model,
+        run_dir=run.path,
+        resume=resume,
+        progress=progress,
+        on_epoch=record_epoch,
+    )
+    mean, covariance, metrics = score(result.model, split.test, torch.device(result.device))
+    run.write_plots(result.history, split.test, mean, covariance)
+    version = publish(result.model, config, split, metrics)
+    report: dict[str, Any] = {
+        "test_metrics": metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "covariance_calibration": result.covariance_calibration,
+        "peak_memory_mib": result.peak_memory_mib,
+        "device": result.device,
+        "data": {"description": split.description, "split_sizes": split.sizes()},
+        "published": str(version) if version is not None else None,
+        "covserve_version": __version__,
+    }
+    return FitOutcome(metrics=metrics, version=version, report_path=run.write_report(report))
+
+
+def compare(
+    config: RunConfig, methods: list[LossName | Hybrid], trials: int, *, progress: bool = True
+) -> tuple[RunDirectory, Comparison]:
+    """Train every method ``trials`` times on identical splits and initial weights, in a new run folder
+    (created only once the data and the device are known to be usable)."""
+    if trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {trials}")
+    resolve_device(config.train.device)
+    load_split(config.data)
+    run = start_run(config, "-compare")
+    return run, run_comparison(config, methods, trials, run, progress=progress)
+
+
+def republish(checkpoint_path: Path, name: str | None, repository: Path | None) -> Path | None:
+    """Export a run's best checkpoint again (to another ``name`` or ``repository`` if given)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    run_path = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
+    config = load_config(run_path / "config.yaml", {"run": {"name": name, "repository": repository}})
+    split = load_split(config.data)
+    model = build_model(split, config.train, config.model)
+    model.load_state_dict(checkpoint["best_model"])
+    _, _, metrics = score(model, split.test, torch.device("cpu"))
+    return publish(model, config, split, metrics)

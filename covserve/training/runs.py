@@ -1,0 +1,91 @@
+"""Run directories: ``runs/<name>-<timestamp>/`` with config, per-epoch metrics, report and plots."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from covserve.training import plots
+from covserve.training.atomic import write_atomically
+from covserve.training.config import RunConfig
+from covserve.training.data import Table
+from covserve.training.metrics import calibration
+
+__all__ = ["RunDirectory", "create_run_directory"]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+class RunDirectory:
+    """One run's folder; every file is written atomically except the append-only ``metrics.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: RunConfig) -> None:
+        """``config.yaml``: the fully resolved configuration (file + flags + defaults)."""
+        _write_atomic(
+            self.path / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        )
+
+    def append_epoch(self, record: dict[str, float]) -> None:
+        """One line of ``metrics.jsonl`` per epoch."""
+        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def write_report(self, report: dict[str, Any]) -> Path:
+        """``report.json``: final test metrics, timings and provenance."""
+        path = self.path / "report.json"
+        _write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def write_plots(
+        self,
+        history: list[dict[str, float]],
+        table: Table,
+        mean: np.ndarray,
+        covariance: np.ndarray,
+    ) -> list[Path]:
+        """Learning curves, predicted-vs-true, χ² calibration and (for 2-D targets) covariance ellipses."""
+        std = np.sqrt(np.diagonal(covariance, axis1=-2, axis2=-1))
+        result = calibration(mean, covariance, table.targets)
+        written = [
+            plots.learning_curves(history, self.path / "learning_curves.png"),
+            plots.predicted_vs_true(
+                mean, table.targets, std, table.target_names, self.path / "predicted_vs_true.png"
+            ),
+            plots.calibration_curve(result.levels, result.coverage, self.path / "calibration.png"),
+        ]
+        if table.targets.shape[1] == 2:
+            written.append(
+                plots.covariance_ellipses(
+                    table.targets,
+                    mean,
+                    covariance,
+                    self.path / "covariance_ellipses.png",
+                    true_mean=table.true_mean,
+                    true_covariance=table.true_covariance,
+                    target_names=table.target_names,
+                )
+            )
+        return written
+
+
+def create_run_directory(parent: Path, name: str) -> RunDirectory:
+    """A new ``parent/<name>-<UTC timestamp>`` (suffixed if it exists already)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    candidate = parent / f"{name}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = parent / f"{name}-{stamp}-{suffix}"
+    return RunDirectory(candidate)
