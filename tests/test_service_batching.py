@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from covserve.service import Settings
 from covserve.service._inference import Inference, Outcome
 from covserve.service._metrics import LOG_DET_BUCKETS, ArrayHistogram, ServiceMetrics
-from covserve.service._models import ServedModels
+from covserve.service._registry import ServedModels
 from covserve.service._runtime import LoadedModel
 from tests.service_fixtures import export_tiny_model, running_server
 

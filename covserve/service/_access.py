@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covserve.service._errors import error_body
 from covserve.service._metrics import ServiceMetrics
-from covserve.service._models import VERSION_PATTERN, ServedModels
+from covserve.service._registry import VERSION_PATTERN, ServedModels
 from covserve.service._settings import Settings
 
 __all__ = ["AccessMiddleware"]

@@ -20,20 +20,20 @@ from covserve.service._direct import DirectRoutes
 from covserve.service._errors import ApiError, error_response
 from covserve.service._inference import Inference
 from covserve.service._metrics import ServiceMetrics
-from covserve.service._models import ServedModels
-from covserve.service._native import (
+from covserve.service._oip_routes import infer
+from covserve.service._oip_routes import router as oip_router
+from covserve.service._openapi import with_schemas
+from covserve.service._registry import ServedModels
+from covserve.service._repository_routes import router as repository_router
+from covserve.service._settings import Settings
+from covserve.service._v1 import (
     ConditionRequest,
     PredictRequest,
     condition,
     predict_latest,
     predict_version,
 )
-from covserve.service._native import router as native_router
-from covserve.service._oip_routes import infer
-from covserve.service._oip_routes import router as oip_router
-from covserve.service._openapi import with_schemas
-from covserve.service._repository_routes import router as repository_router
-from covserve.service._settings import Settings
+from covserve.service._v1 import router as v1_router
 
 __all__ = ["create_app"]
 
@@ -130,12 +130,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.openapi = with_schemas(app, (PredictRequest, ConditionRequest))  # type: ignore[method-assign]
-    app.include_router(native_router)
+    app.include_router(v1_router)
     app.include_router(oip_router)
     app.include_router(repository_router)
     hot = [
         route
-        for router in (native_router, oip_router)
+        for router in (v1_router, oip_router)
         for route in router.routes
         if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS
     ]

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from covserve import __version__
 from covserve.service._app import create_app
-from covserve.service._models import ServedModels
+from covserve.service._registry import ServedModels
 from covserve.service._runtime import CUDA_PROVIDER, Device
 from covserve.service._settings import Settings
 

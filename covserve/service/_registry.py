@@ -1,4 +1,4 @@
-"""The set of served model versions, swapped atomically on reload."""
+"""The model registry: the set of served model versions, swapped atomically on reload."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The native API: ``/v1/models``, ``/v1/models/{name}[/versions/{v}]/predict`` and ``.../condition``."""
+"""The v1 (native) API: ``/v1/models``, ``/v1/models/{name}[/versions/{v}]/predict`` and ``.../condition``."""
 
 from __future__ import annotations
 
