@@ -73,16 +73,40 @@ class ModelVersion:
     out-of-distribution score ``(x − mean)ᵀ precision (x − mean)``.
     """
 
-    name: str
-    version: int
     path: Path
     metadata: ModelMetadata = field(repr=False)
-    input_names: tuple[str, ...]
-    target_names: tuple[str, ...]
-    in_dim: int
-    out_dim: int
     training_mean: NDArray[np.float64] = field(repr=False)
     training_precision: NDArray[np.float64] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """The model name (``model.json``'s ``name``, which is also the parent directory's name)."""
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        """The version number (``model.json``'s ``version``, which is also the directory's name)."""
+        return self.metadata.version
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The ``M`` input names, in the graph's column order."""
+        return self.metadata.input_names
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """The ``D`` target names, in the outputs' order."""
+        return self.metadata.target_names
+
+    @property
+    def in_dim(self) -> int:
+        """``M``, the number of inputs."""
+        return self.metadata.in_dim
+
+    @property
+    def out_dim(self) -> int:
+        """``D``, the number of targets."""
+        return self.metadata.out_dim
 
     @property
     def model_path(self) -> Path:
@@ -177,14 +201,8 @@ def read_version(path: Path) -> ModelVersion:
     except ContractError as error:
         raise InvalidVersionError(error.reason) from None
     return ModelVersion(
-        name=metadata.name,
-        version=metadata.version,
         path=path,
         metadata=metadata,
-        input_names=metadata.input_names,
-        target_names=metadata.target_names,
-        in_dim=metadata.in_dim,
-        out_dim=metadata.out_dim,
         training_mean=metadata.training_inputs.mean_array(),
         training_precision=_precision(metadata.training_inputs.covariance_array(), path / METADATA_FILE),
     )
