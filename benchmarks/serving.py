@@ -417,12 +417,16 @@ class Server:
 
 
 @contextmanager
-def _server(arguments: list[str], log: Path) -> Iterator[Server]:
-    """Run ``python <arguments> --port P`` on a free port until ready."""
+def _server(arguments: list[str], log: Path, source: Path = ROOT) -> Iterator[Server]:
+    """Run ``python <arguments> --port P`` on a free port until ready, in ``source`` (``python -m``
+    imports that checkout's ``covserve`` first)."""
     port = _free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, *arguments, "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+            [sys.executable, *arguments, "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=source,
         )
         try:
             base_url = f"http://{HOST}:{port}"

@@ -3,7 +3,7 @@
 Request bodies come from ``InferenceServerClient.generate_request_body`` (the code path ``infer`` uses) and
 responses are read back with ``InferenceServerClient.parse_response_body`` / ``InferResult``: no hand-made
 stand-ins for the client. Hypothesis then throws random bytes, truncated payloads, wrong header lengths,
-random JSON and huge shapes at the parser, which must answer with ``ApiError`` 400 or 413 and nothing else.
+random JSON and huge shapes at the parser, which must answer with a 400 or 413 domain error and nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from covserve.service._errors import ApiError
+from covserve.service._errors import ModelFailureError, ServiceError
 from covserve.service._oip import (
     HEADER_LENGTH_HEADER,
     KNOWN_DATATYPES,
@@ -33,6 +33,7 @@ from covserve.service._oip import (
     encode_infer_response,
     parse_infer_request,
 )
+from covserve.service._responses import service_error_response
 
 __all__: list[str] = []
 
@@ -85,33 +86,38 @@ def _client_read(body: bytes, headers: dict[str, str]) -> Any:
     )
 
 
-def _assert_client_error(call: Callable[[], object]) -> ApiError | None:
-    """Run ``call``: it either succeeds or raises ApiError 400/413 -- any other exception fails the test."""
-    caught: ApiError | None = None
+def _status(error: ServiceError) -> int:
+    """The HTTP status the app answers ``error`` with."""
+    return service_error_response(error).status_code
+
+
+def _assert_client_error(call: Callable[[], object]) -> ServiceError | None:
+    """Run ``call``: it either succeeds or raises a 400/413 error -- any other exception fails the test."""
+    caught: ServiceError | None = None
     try:
         call()
-    except ApiError as error:
+    except ServiceError as error:
         caught = error
     if caught is not None:
-        assert caught.status in CLIENT_ERROR_STATUSES, caught.message
+        assert _status(caught) in CLIENT_ERROR_STATUSES, caught.message
         assert caught.message
     return caught
 
 
 def _assert_rejected(call: Callable[[], object], status: int, context: object) -> None:
-    """``call`` raises ApiError with exactly ``status``."""
+    """``call`` raises an error answered with exactly ``status``."""
     error = _assert_client_error(call)
     assert error is not None, context
-    assert error.status == status, (context, error.message)
+    assert _status(error) == status, (context, error.message)
 
 
 def _expect_error(
     body: bytes, header: str | None, status: int, *fragments: str, max_elements: int = 64
 ) -> None:
     """Parsing fails with ``status`` and a message containing every fragment."""
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         parse_infer_request(body, header, max_elements)
-    assert caught.value.status == status, caught.value.message
+    assert _status(caught.value) == status, caught.value.message
     for fragment in fragments:
         assert fragment in caught.value.message, caught.value.message
 
@@ -324,9 +330,9 @@ def test_non_finite_outputs_go_out_binary_only() -> None:
     values = np.array([[np.nan, np.inf, -np.inf, 1.0]], dtype=np.float32)
     body, headers = encode_infer_response("cov", "1", None, [("mean", values, True)])
     assert _client_read(body, headers).as_numpy("mean").tobytes() == values.tobytes()
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ModelFailureError) as caught:
         encode_infer_response("cov", "1", None, [("mean", values, False)])
-    assert caught.value.status == 500
+    assert _status(caught.value) == 500
     assert "'mean'" in caught.value.message
     assert "binary_data" in caught.value.message
 

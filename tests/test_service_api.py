@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from covserve.service import Settings, gaussian
-from covserve.service._v1 import ConditionRequest, PredictRequest
+from covserve.service._requests import ConditionRequest, PredictRequest
 from tests.service_fixtures import export_tiny_model, running_server
 
 SERVE = str(Path(sys.executable).parent / "covserve-serve")

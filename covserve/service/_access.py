@@ -17,9 +17,9 @@ import orjson
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from covserve.service._errors import error_body
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._registry import VERSION_PATTERN, ServedModels
+from covserve.service._responses import error_body
 from covserve.service._settings import Settings
 
 __all__ = ["AccessMiddleware"]
@@ -57,6 +57,8 @@ class AccessMiddleware:
         self._keys = [key.encode() for key in keys]
         self._request_ids = _RequestIds()
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._inflight = 0  # read by the gauge at scrape time: no metric update per request
+        metrics.inflight.set_function(lambda: self._inflight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,7 +79,7 @@ class AccessMiddleware:
                 message["headers"] = [*message.get("headers", []), tagged]
             await send(message)
 
-        self._metrics.inflight.inc()
+        self._inflight += 1
         try:
             if refusal is None:
                 await self._app(scope, receive, send_tagged)
@@ -85,7 +87,7 @@ class AccessMiddleware:
                 code, message = refusal
                 await _send_error(send_tagged, code, message)
         finally:
-            self._metrics.inflight.dec()
+            self._inflight -= 1
             self._account(scope, request_id, status, time.perf_counter() - started)
 
     def _refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:

@@ -1,30 +1,48 @@
-"""The error every route raises for a client-visible failure, and its ``{"error": ...}`` rendering."""
+"""The service's domain errors: what went wrong with a request, in words, without HTTP.
+
+Registry, codec, data plane and inference raise these; :mod:`covserve.service._responses` maps each class
+to its HTTP status in one table. Every message names the field, what was expected and what was received.
+"""
 
 from __future__ import annotations
 
-import orjson
-from starlette.responses import Response
+__all__ = [
+    "InvalidRequestError",
+    "ModelFailureError",
+    "NotFoundError",
+    "OverloadedError",
+    "ServiceError",
+    "TooLargeError",
+]
 
-__all__ = ["ApiError", "error_body", "error_response"]
 
-JSON = "application/json"
+class ServiceError(Exception):
+    """A request the service cannot answer; ``message`` says why."""
 
-
-class ApiError(Exception):
-    """An HTTP error with a message that names the field, what was expected and what was received."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
-        self.headers = headers or {}
 
 
-def error_body(message: str) -> bytes:
-    """The JSON error document ``{"error": message}``."""
-    return orjson.dumps({"error": message})
+class InvalidRequestError(ServiceError):
+    """The request is malformed or does not fit the model (a client error)."""
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """An ``{"error": message}`` response with ``status`` and extra ``headers``."""
-    return Response(error_body(message), status_code=status, media_type=JSON, headers=headers)
+class NotFoundError(ServiceError):
+    """The named model, version or route is not served."""
+
+
+class TooLargeError(ServiceError):
+    """The request is over a size limit (body bytes, rows or tensor elements)."""
+
+
+class OverloadedError(ServiceError):
+    """Every worker is busy and the queue is full; the client should retry after ``retry_after_seconds``."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ModelFailureError(ServiceError):
+    """The model produced an output the service will not return (non-finite, not positive definite)."""

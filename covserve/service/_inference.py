@@ -6,7 +6,8 @@ company; a batch is dispatched as soon as it holds ``max_batch_size`` rows or th
 entry has passed, so a request waits at most the delay plus the run it joins (plus the runs ahead of it
 when every worker is busy). A dispatched batch is concatenated into one ``session.run`` on a worker
 thread, checked (finite means, symmetric positive definite covariances), fed to the uncertainty monitors
-and split back row-for-row to its requests.
+and split back row-for-row to its requests. The inputs' Mahalanobis distance to the training inputs is
+computed once per run, for the monitor and for each request's :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -21,22 +22,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from covserve.service import gaussian
-from covserve.service._errors import ApiError
+from covserve.service._errors import ModelFailureError, OverloadedError
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._runtime import LoadedModel, Prediction
 from covserve.service._settings import Settings
 
 __all__ = ["Inference", "Outcome"]
 
-RETRY_AFTER_SECONDS = "1"
+RETRY_AFTER_SECONDS = 1
 MILLISECONDS = 1000.0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One request's share of a run: its rows' prediction, seconds queued, and seconds of the whole run."""
+    """One request's share of a run: its rows' prediction and input Mahalanobis distances ``(B,)``, seconds
+    queued, seconds of the whole run, and the rows in that run."""
 
     prediction: Prediction
+    input_mahalanobis: NDArray[np.float64]
     queue_seconds: float
     compute_seconds: float
     batch_rows: int
@@ -44,7 +47,7 @@ class Outcome:
 
 @dataclass
 class _Waiting:
-    inputs: NDArray[np.float64]
+    inputs: NDArray[np.float32]
     future: asyncio.Future[Outcome]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -99,17 +102,17 @@ class Inference:
         """Whether concurrent requests are merged (a positive ``max_queue_delay_ms``)."""
         return self.delay_seconds > 0
 
-    async def run(self, model: LoadedModel, inputs: NDArray[np.float64]) -> Outcome:
-        """Predict raw-unit ``inputs`` ``(B, M)`` with ``model``.
+    async def run(self, model: LoadedModel, inputs: NDArray[np.float32]) -> Outcome:
+        """Predict raw-unit ``inputs`` ``(B, M)``, as returned by ``model.checked``, with ``model``.
 
-        Raises :class:`ApiError` 503 with ``Retry-After`` when the queue is full, and 500 when the model
-        returns a non-finite mean or a covariance that is not symmetric positive definite for these rows.
+        Raises :class:`OverloadedError` when the queue is full, and :class:`ModelFailureError` when the
+        model returns a non-finite mean or a covariance that is not symmetric positive definite for these
+        rows.
         """
         if self._admitted >= self._capacity:
-            raise ApiError(
-                503,
+            raise OverloadedError(
                 f"server busy: {self._capacity} requests already queued or running; retry later",
-                {"Retry-After": RETRY_AFTER_SECONDS},
+                RETRY_AFTER_SECONDS,
             )
         self._admitted += 1
         try:
@@ -135,7 +138,7 @@ class Inference:
         loop = asyncio.get_running_loop()
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([entry.inputs for entry in batch])
         try:
-            started, finished, prediction, healthy = await loop.run_in_executor(
+            started, finished, prediction, healthy, distances = await loop.run_in_executor(
                 self._executor, self._predict, model, inputs
             )
         except Exception as error:  # every waiting request must learn of the failure
@@ -157,7 +160,7 @@ class Inference:
             if not healthy[rows].all():
                 row = int(np.argmin(healthy[rows]))
                 entry.future.set_exception(
-                    ApiError(500, f"model {name!r} produced an invalid covariance for row {row}")
+                    ModelFailureError(f"model {name!r} produced an invalid covariance for row {row}")
                 )
                 continue
             share = Prediction(
@@ -165,23 +168,29 @@ class Inference:
                 covariance=prediction.covariance[rows],
                 scale=prediction.scale[rows],
             )
-            entry.future.set_result(Outcome(share, started - entry.enqueued, finished - started, len(inputs)))
+            entry.future.set_result(
+                Outcome(share, distances[rows], started - entry.enqueued, finished - started, len(inputs))
+            )
 
     def _predict(
-        self, model: LoadedModel, inputs: NDArray[np.float64]
-    ) -> tuple[float, float, Prediction, NDArray[np.bool_]]:
-        """Worker thread: run, check every row, feed the monitors; ``(started, finished, prediction, ok)``."""
+        self, model: LoadedModel, inputs: NDArray[np.float32]
+    ) -> tuple[float, float, Prediction, NDArray[np.bool_], NDArray[np.float64]]:
+        """Worker thread: run, check every row, feed the monitors.
+
+        Returns ``(started, finished, prediction, healthy (B,), input Mahalanobis distances (B,))``.
+        """
         started = time.perf_counter()
-        prediction = model.run(inputs)
+        prediction = model.run_checked(inputs)
         finished = time.perf_counter()
         positive_definite, log_det = gaussian.log_det_if_positive_definite(prediction.covariance)
         healthy = positive_definite & np.isfinite(prediction.mean).all(-1)
         name = model.version.name
         self._metrics.predicted_log_det.observe(name, log_det[healthy])
-        self._metrics.input_mahalanobis.observe(
-            name, gaussian.mahalanobis(inputs, model.version.training_mean, model.version.training_precision)
+        distances = gaussian.mahalanobis(
+            inputs, model.version.training_mean, model.version.training_precision
         )
-        return started, finished, prediction, healthy
+        self._metrics.input_mahalanobis.observe(name, distances)
+        return started, finished, prediction, healthy, distances
 
     def shutdown(self) -> None:
         """Wait for running inferences and stop the worker threads."""

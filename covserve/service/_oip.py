@@ -17,10 +17,10 @@ Request (:func:`parse_infer_request`):
   datatype (``1e39`` as ``FP32``, ``300`` as ``INT8``). JSON cannot carry NaN or infinities: clients must
   send those as binary data, which is decoded bit-exactly.
 * Only numeric datatypes are accepted (:data:`SUPPORTED_DATATYPES`); ``BOOL``, ``BYTES`` and ``BF16`` are
-  known to the protocol but answered with 400 "expected a numeric datatype".
-* Every problem raises :class:`~service._errors.ApiError` -- 413 when an element count exceeds
-  ``max_elements``, 400 otherwise -- with a message naming the field, what was expected and what was
-  received. No other exception escapes, whatever the input.
+  known to the protocol but refused as invalid ("expected a numeric datatype").
+* Every problem raises a domain error of :mod:`covserve.service._errors` -- ``TooLargeError`` when an
+  element count exceeds ``max_elements``, ``InvalidRequestError`` otherwise -- with a message naming the
+  field, what was expected and what was received. No other exception escapes, whatever the input.
 * Decoded arrays are read-only (binary inputs are zero-copy views of the body when aligned), in the
   datatype the client declared; casting to the model's dtype is the caller's business.
 * Unknown request, input and output ``parameters`` are ignored (``priority``, ``timeout``, ...).
@@ -31,7 +31,7 @@ Response (:func:`encode_infer_response`):
   object with ``parameters.binary_data_size``; when any output is binary, the headers carry
   ``Content-Type: application/octet-stream`` and ``Inference-Header-Content-Length``.
 * JSON has no NaN or infinity (orjson would silently write ``null``, which clients read back as NaN even
-  for ``+inf``), so a JSON output holding a non-finite value raises ``ApiError(500)`` whose message tells
+  for ``+inf``), so a JSON output holding a non-finite value raises ``ModelFailureError`` whose message tells
   the client to request that output with ``binary_data=true``; binary outputs carry every value losslessly.
 """
 
@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from pydantic_core import ErrorDetails
 
-from covserve.service._errors import ApiError
+from covserve.service._errors import InvalidRequestError, ModelFailureError, TooLargeError
 
 __all__ = [
     "BINARY_CONTENT_TYPE",
@@ -60,9 +60,6 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "KNOWN_DATATYPES",
     "MAX_RANK",
-    "NON_FINITE_JSON_STATUS",
-    "STATUS_BAD_REQUEST",
-    "STATUS_TOO_LARGE",
     "SUPPORTED_DATATYPES",
     "InferRequest",
     "OutputRequest",
@@ -77,9 +74,6 @@ HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE: Final = "application/json"
 BINARY_CONTENT_TYPE: Final = "application/octet-stream"
 
-STATUS_BAD_REQUEST: Final = 400
-STATUS_TOO_LARGE: Final = 413
-NON_FINITE_JSON_STATUS: Final = 500
 """Status for a non-finite value in an output requested as JSON: the model misbehaved, not the client."""
 
 MAX_RANK: Final = 32
@@ -208,7 +202,7 @@ def parse_infer_request(
 
     ``inference_header_content_length`` is the raw header value or None when the header is absent;
     ``max_elements`` bounds each input's element count and their total (413 beyond it).
-    Raises :class:`ApiError` (400 or 413) for anything malformed, and nothing else.
+    Raises :class:`InvalidRequestError` or :class:`TooLargeError` for anything malformed, and nothing else.
     """
     view = memoryview(body).cast("B")
     header_length = _parse_header_length(inference_header_content_length, len(view))
@@ -230,8 +224,7 @@ def parse_infer_request(
         count = _element_count(tensor.shape, where, max_elements)
         total += count
         if total > max_elements:
-            raise ApiError(
-                STATUS_TOO_LARGE,
+            raise TooLargeError(
                 f"inputs: expected at most {max_elements} elements over all inputs, got at least {total}",
             )
         size = tensor.parameters.binary_data_size if tensor.parameters else None
@@ -278,9 +271,9 @@ def parse_infer_request(
     return InferRequest(request.id, tuple(inputs), outputs, binary_default)
 
 
-def _bad(message: str) -> ApiError:
-    """A 400 for a malformed request."""
-    return ApiError(STATUS_BAD_REQUEST, message)
+def _bad(message: str) -> InvalidRequestError:
+    """The error for a malformed request."""
+    return InvalidRequestError(message)
 
 
 def _got(value: object) -> str:
@@ -379,14 +372,12 @@ def _element_count(shape: list[int], where: str, max_elements: int) -> int:
     """The product of ``shape`` (Python integers: no overflow); 413 when it or one dimension is too big."""
     for axis, size in enumerate(shape):  # a zero-sized tensor may not hide absurd dimensions either
         if size > max_elements:
-            raise ApiError(
-                STATUS_TOO_LARGE,
+            raise TooLargeError(
                 f"{where}.shape[{axis}]: expected at most {max_elements} elements along any axis, got {size}",
             )
     count = math.prod(shape)
     if count > max_elements:
-        raise ApiError(
-            STATUS_TOO_LARGE,
+        raise TooLargeError(
             f"{where}.shape: expected at most {max_elements} elements, got {shape} = {count} elements",
         )
     return count
@@ -491,7 +482,7 @@ def encode_infer_response(
     and ``id`` when ``request_id`` is None. JSON outputs are flattened row-major; binary outputs are appended
     after the JSON object as little-endian bytes, and then ``Content-Type: application/octet-stream`` and
     ``Inference-Header-Content-Length`` are returned, otherwise ``Content-Type: application/json``.
-    Raises ``ApiError(500)`` for a non-finite value in a JSON output (JSON cannot carry it: ask for
+    Raises :class:`ModelFailureError` for a non-finite value in a JSON output (JSON cannot carry it: ask for
     binary) and TypeError for a non-numeric array dtype (a server bug).
     """
     header: dict[str, Any] = {"model_name": model_name}
@@ -511,8 +502,7 @@ def encode_infer_response(
         else:
             flat = np.ascontiguousarray(array, dtype=SUPPORTED_DATATYPES[datatype].newbyteorder("=")).ravel()
             if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-                raise ApiError(
-                    NON_FINITE_JSON_STATUS,
+                raise ModelFailureError(
                     f"output '{name}': expected finite values for a JSON response, got NaN or infinity; "
                     "request it with binary_data=true to receive non-finite values",
                 )

@@ -7,7 +7,7 @@ import re
 import threading
 from collections.abc import Iterator
 
-from covserve.service._errors import ApiError
+from covserve.service._errors import InvalidRequestError, NotFoundError
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._repository import Problem, scan_repository
 from covserve.service._runtime import InvalidModelError, LoadedModel, load_model
@@ -78,10 +78,10 @@ class ServedModels:
             return problems
 
     def unload(self, name: str) -> None:
-        """Stop serving ``name`` (404 if it is not served); in-flight requests finish normally."""
+        """Stop serving ``name`` (:class:`NotFoundError` if it is not served); in-flight requests finish."""
         with self._lock:
             if name not in self.versions:
-                raise ApiError(404, f"model {name!r} is not loaded")
+                raise NotFoundError(f"model {name!r} is not loaded")
             self.versions = {key: value for key, value in self.versions.items() if key != name}
             self.unloaded.add(name)
             LOGGER.info("unloaded %s", name)
@@ -89,18 +89,19 @@ class ServedModels:
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         """The named model's ``version`` as written in a path (latest when ``None``).
 
-        :class:`ApiError` 400 when ``version`` is not a positive integer, 404 when it is not served.
+        :class:`InvalidRequestError` when ``version`` is not a positive integer, :class:`NotFoundError` when
+        it is not served.
         """
         number = None if version is None else _version_number(version)
         available = self.versions.get(name)
         if not available:
             known = ", ".join(sorted(self.versions)) or "none"
-            raise ApiError(404, f"model {name!r} not found (served models: {known})")
+            raise NotFoundError(f"model {name!r} not found (served models: {known})")
         if number is None:
             return available[max(available)]
         if number not in available:
             versions = ", ".join(str(v) for v in sorted(available))
-            raise ApiError(404, f"model {name!r} has no version {number} (served versions: {versions})")
+            raise NotFoundError(f"model {name!r} has no version {number} (served versions: {versions})")
         return available[number]
 
     def __iter__(self) -> Iterator[LoadedModel]:
@@ -115,5 +116,5 @@ def _version_number(text: str) -> int:
         echoed = repr(text)
         if len(echoed) > MAX_ECHOED_CHARACTERS:
             echoed = echoed[: MAX_ECHOED_CHARACTERS - 3] + "..."
-        raise ApiError(400, f"version: expected a positive integer, got {echoed}")
+        raise InvalidRequestError(f"version: expected a positive integer, got {echoed}")
     return int(text)

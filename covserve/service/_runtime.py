@@ -46,6 +46,7 @@ __all__ = [
     "DeviceUnavailableError",
     "InvalidModelError",
     "LoadedModel",
+    "NonFiniteInputError",
     "Prediction",
     "available_cpus",
     "finite_in_float32",
@@ -67,6 +68,9 @@ ORT_LOG_SEVERITY = 3
 
 ORT_SILENT_SEVERITY = 4
 """Severity while ``auto`` probes CUDA, so a missing CUDA library is not logged as an error."""
+
+NUMERIC_KINDS = "fiu"
+"""NumPy dtype kinds a model accepts as inputs: floats, signed and unsigned integers."""
 
 WARM_UP_ROWS = 4
 """Rows of the second warm-up batch (the first has one row), so both batch shapes are planned."""
@@ -101,6 +105,14 @@ class InvalidModelError(Exception):
     """``model.onnx`` cannot be loaded, or its inputs/outputs disagree with ``model.json``."""
 
 
+class NonFiniteInputError(ValueError):
+    """An input row holds NaN, an infinity or a value beyond ±float32 max; ``row`` is the first such row."""
+
+    def __init__(self, message: str, row: int) -> None:
+        super().__init__(message)
+        self.row = row
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Raw-unit outputs of one batch, float64.
@@ -130,17 +142,55 @@ class LoadedModel:
         )
 
     def run(self, inputs: NDArray[Any]) -> Prediction:
-        """Predict for raw-unit ``inputs`` ``(B, M)`` (float32 or float64, ``B >= 1``, ``M = in_dim``).
-
-        Inputs are cast to float32 (the graph's type); outputs are returned in float64 with the covariance
-        symmetrised exactly, ``(Σ + Σᵀ) / 2``.
+        """Predict for raw-unit ``inputs`` ``(B, M)``: :meth:`checked`, then :meth:`run_checked`.
 
         Raises
         ------
         ValueError
-            ``inputs`` has the wrong shape or is not finite in float32.
+            ``inputs`` has the wrong shape or dtype; :class:`NonFiniteInputError` when a row is not finite
+            in float32.
         """
-        batch = self._batch(inputs)
+        return self.run_checked(self.checked(inputs))
+
+    def checked(self, inputs: NDArray[Any]) -> NDArray[np.float32]:
+        """``inputs`` ``(B, M)`` (float or integer, ``B >= 1``, ``M = in_dim``) as the graph's float32.
+
+        The one check of a request's rows: shape, dtype, and finiteness in float32 (NaN, ±inf and values
+        beyond ±float32 max would reach the graph as NaN or ±inf).
+
+        Raises
+        ------
+        ValueError
+            Wrong shape or a non-numeric dtype.
+        NonFiniteInputError
+            A row is not finite in float32.
+        """
+        array = np.asarray(inputs)
+        in_dim = self.version.in_dim
+        if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != in_dim:
+            raise ValueError(
+                f"inputs: expected shape (B, {in_dim}) with B >= 1 for model {self.version.name!r} version "
+                f"{self.version.version}, got {array.shape}"
+            )
+        if array.dtype.kind not in NUMERIC_KINDS:
+            raise ValueError(f"inputs: expected a numeric array, got dtype {array.dtype}")
+        finite = finite_in_float32(array)
+        if not finite.all():
+            rows = finite.all(axis=1)
+            row = int(np.flatnonzero(~rows)[0])
+            raise NonFiniteInputError(
+                f"inputs: row {row} is not finite in float32 (NaN, infinite or beyond ±3.4e38; "
+                f"{int((~rows).sum())} such rows)",
+                row,
+            )
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def run_checked(self, batch: NDArray[np.float32]) -> Prediction:
+        """Predict for ``batch`` ``(B, M)`` float32 as returned by :meth:`checked` (not checked again).
+
+        Outputs are returned in float64 with the covariance symmetrised exactly, ``(Σ + Σᵀ) / 2``.
+        Thread-safe (``InferenceSession.run`` releases the GIL).
+        """
         mean, covariance, scale = self._session.run(self._output_names, {INPUT_NAME: batch})
         covariance64 = np.asarray(covariance, dtype=np.float64)
         return Prediction(
@@ -180,25 +230,6 @@ class LoadedModel:
                     raise InvalidModelError(
                         f"{self.version.model_path}: output {name!r} is not finite at the training mean"
                     )
-
-    def _batch(self, inputs: NDArray[Any]) -> NDArray[np.float32]:
-        array = np.asarray(inputs)
-        in_dim = self.version.in_dim
-        if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != in_dim:
-            raise ValueError(
-                f"inputs: expected shape (B, {in_dim}) with B >= 1 for model {self.version.name!r} version "
-                f"{self.version.version}, got {array.shape}"
-            )
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise ValueError(f"inputs: expected a numeric array, got dtype {array.dtype}")
-        finite = finite_in_float32(array).all(axis=1)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            raise ValueError(
-                f"inputs: row {row} is not finite in float32 (NaN, infinite or beyond ±3.4e38; "
-                f"{int((~finite).sum())} such rows)"
-            )
-        return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def finite_in_float32(array: NDArray[Any]) -> NDArray[np.bool_]:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from covserve import __version__
 from covserve.service._app import create_app
+from covserve.service._data_plane import of_app
 from covserve.service._registry import ServedModels
 from covserve.service._runtime import CUDA_PROVIDER, Device
 from covserve.service._settings import Settings
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=DRAIN_SECONDS,
     )
-    _DrainingServer(config, app.state.models).run()
+    _DrainingServer(config, of_app(app).models).run()
     return 0
 
 

@@ -71,9 +71,9 @@ def correlation(covariance: Array) -> Array:
     return result
 
 
-def mahalanobis(points: Array, mean: Array, precision: Array) -> Array:
-    """``(B,)`` distances ``√((x − μ)ᵀ P (x − μ))`` of ``points`` ``(B, M)`` to ``mean`` ``(M,)`` under the
-    precision ``P`` ``(M, M)`` (rounding below zero is clipped)."""
+def mahalanobis(points: NDArray[np.floating[Any]], mean: Array, precision: Array) -> Array:
+    """``(B,)`` distances ``√((x − μ)ᵀ P (x − μ))`` of ``points`` ``(B, M)`` (any float dtype; the arithmetic
+    is float64) to ``mean`` ``(M,)`` under the precision ``P`` ``(M, M)`` (rounding below zero is clipped)."""
     centred = points - mean
     squared = np.einsum("bi,ij,bj->b", centred, precision, centred)
     distance: Array = np.sqrt(np.maximum(squared, 0.0))

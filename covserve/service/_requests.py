@@ -1,0 +1,97 @@
+"""The v1 request bodies: pydantic models of ``predict`` and ``condition`` and their one parser."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from covserve.service._errors import InvalidRequestError
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "DEFAULT_OUTPUTS",
+    "ConditionRequest",
+    "OutputName",
+    "PredictRequest",
+    "RowsRequest",
+    "parse_request",
+]
+
+DEFAULT_LEVEL = 0.9
+
+
+class OutputName(str, Enum):
+    """Arrays a predict request can ask for."""
+
+    MEAN = "mean"
+    COVARIANCE = "covariance"
+    STD = "std"
+    CORRELATION = "correlation"
+    SCALE = "scale"
+    INTERVAL = "interval"
+    MAHALANOBIS_OOD = "mahalanobis_ood"
+
+
+DEFAULT_OUTPUTS = (OutputName.MEAN, OutputName.COVARIANCE)
+
+
+class RowsRequest(BaseModel):
+    """Input rows, either positional (``inputs``) or by feature name (``instances``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[list[float]] | None = Field(default=None, description="rows of raw-unit features")
+    instances: list[dict[str, float]] | None = Field(default=None, description="rows as {feature: value}")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RowsRequest:
+        if (self.inputs is None) == (self.instances is None):
+            raise ValueError(
+                "give exactly one of 'inputs' (rows of numbers) or 'instances' (rows of {feature: value})"
+            )
+        return self
+
+
+class PredictRequest(RowsRequest):
+    """``{"inputs": [[...], ...]}`` or ``{"instances": [{...}]}``, optional ``outputs`` and ``level``."""
+
+    outputs: list[OutputName] | None = Field(default=None, description="default: mean and covariance")
+    level: float = Field(
+        default=DEFAULT_LEVEL, gt=0, lt=1, description="probability of each marginal interval"
+    )
+
+    @field_validator("level")
+    @classmethod
+    def _interval_is_finite(cls, value: float) -> float:
+        # the largest double below 1 rounds (1 + level) / 2 up to 1, whose normal quantile is infinite
+        if (1.0 + value) / 2.0 >= 1.0:
+            raise ValueError(f"expected a probability in (0, 1) with a finite interval, got {value!r}")
+        return value
+
+
+class ConditionRequest(RowsRequest):
+    """Inputs plus, per row, the observed targets ``{"<target>": value}``."""
+
+    observed: list[dict[str, float]] = Field(description="one mapping per row of observed target values")
+
+
+Request = TypeVar("Request", bound=RowsRequest)
+
+
+def parse_request(body: bytes, schema: type[Request]) -> Request:
+    """``body`` parsed as JSON and validated as ``schema``; :class:`InvalidRequestError` naming the field."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequestError(f"body: expected a JSON object, got invalid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise InvalidRequestError(f"body: expected a JSON object, got {type(document).__name__}")
+    try:
+        return schema.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidRequestError(f"{location}: {first['msg']}") from None
