@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install.sh
 	touch $(STAMP)
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

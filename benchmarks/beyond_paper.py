@@ -168,7 +168,7 @@ def _uci(
     return lines, wins, len(datasets)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Read the stores, write the tables and the scorecard."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="folder of the stores")
     parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES), help="comma-separated methods")
     parser.add_argument("--trials", type=positive_int, default=5, help="synthetic trials a complete cell has")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     candidates = [method.name for method in parse_methods(args.candidates)]
     synthetic_lines, level, dims = _synthetic(
         _load(args.results_dir / "synthetic.json"), candidates, args.trials

@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,7 +73,7 @@ class EpochCost:
         return self.seconds / self.batches * -(-rows // BATCH_SIZE)
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -90,7 +91,7 @@ def _arguments() -> argparse.Namespace:
         "--cpu-threads", type=positive_int, default=None, help="torch threads on the CPU (default: all)"
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file (JSON beside it)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _devices(text: str | None) -> list[Device]:
@@ -169,9 +170,9 @@ def _report(costs: list[EpochCost], devices: list[Device], dim: int, rows: int, 
     return "\n".join([*lines, "", *_ratio_rows(costs, devices), ""])
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Train each method on each device, then print and write the table."""
-    args = _arguments()
+    args = _arguments(argv)
     dim = args.dim or (QUICK_DIM if args.quick else FULL_DIM)
     samples_per_dim = args.samples_per_dim or (QUICK_SAMPLES_PER_DIM if args.quick else FULL_SAMPLES_PER_DIM)
     devices = _devices(args.devices)

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -268,7 +269,7 @@ def _scheme_report(quick: bool) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark, print the tables and write them to ``--output``."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -281,7 +282,7 @@ def main() -> None:
     )
     parser.add_argument("--single", type=positive_int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input-dim", type=positive_int, default=INPUT_DIMS[0], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.single is not None:
         _single(args.single, args.input_dim)
         return

@@ -1,7 +1,7 @@
 """Serving throughput and latency of covserve, next to two ceilings measured in the same run.
 
     python benchmarks/serving.py                 # concurrency 1, 16, 64; 5 s per cell (about 3.5 minutes)
-    python benchmarks/serving.py --quick         # concurrency 1, 16; 0.5 s per cell, a smoke test (< 60 s)
+    python benchmarks/serving.py --quick         # concurrency 1, 16; 0.2 s per cell, a smoke test (< 30 s)
     python benchmarks/serving.py --output benchmarks/results/serving.md [--seconds S]
 
 A demo-shaped model (4 inputs → 4 targets, sqrt parameterisation, width 32, depth 5; random weights, the
@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,7 +78,7 @@ ROW_COUNTS = (1, BATCH_ROWS)
 FULL_CONCURRENCY = (1, 16, 64)
 QUICK_CONCURRENCY = (1, 16)
 FULL_SECONDS = 5.0
-QUICK_SECONDS = 0.5
+QUICK_SECONDS = 0.2
 WARM_UP_FRACTION = 0.2
 RAW_WARM_UP_RUNS = 20
 SERVER_THREADS = 1
@@ -592,13 +592,13 @@ def _section(mode: str, cells: list[Cell], header: str, rule: str) -> list[str]:
     ]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark, print the tables and write them to ``--output``."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="concurrency 1 and 16, 0.5 s cells: a smoke test"
+        "--quick", action="store_true", help="concurrency 1 and 16, 0.2 s cells: a smoke test"
     )
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     parser.add_argument("--seconds", type=positive_float, default=None, help="measured seconds per cell")
@@ -608,7 +608,7 @@ def main() -> None:
         default=CPU,
         help="server --device and raw ceiling provider",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     seconds: float = args.seconds or (QUICK_SECONDS if args.quick else FULL_SECONDS)
     concurrencies = QUICK_CONCURRENCY if args.quick else FULL_CONCURRENCY
     top = max(concurrencies)

@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +94,7 @@ def _revision(source: Path) -> str:
     return (result.stdout.strip() or "unknown revision") + dirty
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Run both servers, measure every cell on each, print and write the comparison."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,7 +105,7 @@ def main() -> None:
         "--rounds", type=positive_int, default=ROUNDS, help="measurements per cell and server"
     )
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     baseline_source: Path = args.baseline.resolve()
     if not (baseline_source / "covserve" / "service" / "__init__.py").is_file():
         parser.error(f"--baseline: {baseline_source} is not a covserve checkout (no covserve/service/)")

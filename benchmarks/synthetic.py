@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -60,7 +61,7 @@ STORE_NAME = "synthetic.json"
 FIGURE_DPI = 110
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -83,7 +84,7 @@ def _arguments() -> argparse.Namespace:
         help="skip nll-tic above this D (its Hessians take O(D·M) network passes a row; default: never skip)",
     )
     add_store_arguments(parser, DEFAULT_OUTPUT, STORE_NAME)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _plot(
@@ -109,9 +110,9 @@ def _plot(
     plt.close(figure)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Run every method on every dimension and trial, then write the tables and plots."""
-    args = _arguments()
+    args = _arguments(argv)
     dims = args.dims or (QUICK_DIMS if args.quick else FULL_DIMS)
     trials = args.trials or (1 if args.quick else FULL_TRIALS)
     epochs = args.epochs or (1 if args.quick else FULL_EPOCHS)

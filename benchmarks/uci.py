@@ -25,6 +25,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -114,7 +115,7 @@ COLUMNS = (
 )
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -130,7 +131,7 @@ def _arguments() -> argparse.Namespace:
         "--ngboost-estimators", type=positive_int, default=None, help="NGBoost boosting rounds"
     )
     add_store_arguments(parser, DEFAULT_OUTPUT, STORE_NAME)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
@@ -262,9 +263,9 @@ def _paper_table(results: dict[str, list[Result]], names: list[str]) -> list[str
     return lines
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Run both protocols (and NGBoost on the held-out one), then write ``uci.md``."""
-    args = _arguments()
+    args = _arguments(argv)
     if not args.data_dir.is_dir():
         raise SystemExit(f"--data-dir: {args.data_dir} is not a folder holding the UCI csv files")
     datasets = args.datasets.split(",") if args.datasets else list(QUICK_DATASETS if args.quick else DATASETS)

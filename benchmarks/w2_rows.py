@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,7 +47,7 @@ WORST_SHARE = 0.01
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "default-size"
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -63,7 +63,7 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--methods", default=None, help=f"comma-separated (default {DEFAULT_METHODS})")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where w2_rows.md goes")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 RowMetric = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
@@ -136,9 +136,9 @@ COLUMNS = (
 )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Train each method on the trial's split, then write the per-row table."""
-    args = _arguments()
+    args = _arguments(argv)
     dim = args.dim or (QUICK_DIM if args.quick else FULL_DIM)
     epochs = args.epochs or (1 if args.quick else FULL_EPOCHS)
     samples_per_dim = QUICK_SAMPLES_PER_DIM if args.quick else SAMPLES_PER_DIM

@@ -1,13 +1,17 @@
-"""Shared fixtures for the service tests: a real model repository and a real uvicorn server."""
+"""Shared helpers for the service tests: a real model repository, a real uvicorn server, and the same app
+in this process (``httpx.ASGITransport``) where a socket adds nothing to what a test checks."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import torch
 import uvicorn
@@ -64,3 +68,59 @@ def running_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+Result = TypeVar("Result")
+
+
+class InProcessClient:
+    """Blocking ``get``/``post``/``request`` against an app served by ``httpx.ASGITransport`` on an event
+    loop in a background thread, with the app's lifespan (models loaded) around it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
+        self._loop = loop
+        self._client = client
+
+    def _call(self, work: Coroutine[Any, Any, Result]) -> Result:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=STARTUP_TIMEOUT_SECONDS)
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        return self._call(self._client.request(method, path, **options))
+
+    def get(self, path: str, **options: Any) -> httpx.Response:
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> httpx.Response:
+        return self.request("POST", path, **options)
+
+
+@contextmanager
+def in_process_client(settings: Settings) -> Iterator[InProcessClient]:
+    """``create_app(settings)`` in this process, its lifespan run; yields a blocking client of it."""
+    app = create_app(settings)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    started = threading.Event()
+    stop = asyncio.Event()
+    clients: list[InProcessClient] = []
+
+    async def serve() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://covserve") as client:
+                clients.append(InProcessClient(loop, client))
+                started.set()
+                await stop.wait()
+
+    served = asyncio.run_coroutine_threadsafe(serve(), loop)
+    try:
+        if not started.wait(STARTUP_TIMEOUT_SECONDS):
+            raise RuntimeError("the in-process app did not start")
+        yield clients[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        served.result(timeout=STARTUP_TIMEOUT_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=STARTUP_TIMEOUT_SECONDS)
+        loop.close()

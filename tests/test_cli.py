@@ -148,11 +148,14 @@ def _sigint_not_ignored() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow(
+    reason="trains three times, once in a child process interrupted by SIGINT, to compare weights"
+)
 def test_resume_after_ctrl_c_reproduces_the_uninterrupted_weights(tmp_path: Path) -> None:
     epochs = 6
     flags = ["fit", "--samples", "1500", "--epochs", str(epochs), *TINY, "--patience", "100"]
     straight = tmp_path / "straight"
-    subprocess.run([SCRIPT, *flags, *_output_flags(straight)], check=True, capture_output=True, cwd=tmp_path)
+    assert main([*flags, *_output_flags(straight)]) == 0
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
@@ -176,10 +179,7 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_weights(tmp_path: Path
     (run,) = (interrupted / "runs").iterdir()
     assert len((run / "metrics.jsonl").read_text().splitlines()) < epochs
 
-    resumed = subprocess.run(
-        [SCRIPT, "fit", "--resume", str(run), "--no-progress"], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
     (straight_run,) = (straight / "runs").iterdir()
     expected, actual = _checkpoint_weights(straight_run), _checkpoint_weights(run)
     assert expected.keys() == actual.keys()

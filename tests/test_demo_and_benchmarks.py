@@ -1,10 +1,18 @@
-"""The documented entry points run: ``make demo``'s module and the benchmarks' ``--quick`` smoke modes."""
+"""The documented entry points run: ``make demo``'s commands and the benchmarks' ``--quick`` smoke modes.
+
+Benchmarks run in this process through their ``main(argv)`` (a subprocess per run would spend most of its
+time importing torch); ``serving.py`` still starts its servers as processes of their own.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+import shlex
+import shutil
 import subprocess
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,29 +22,71 @@ from covserve.training.cli import main as cli_main
 from tests.service_fixtures import export_tiny_model, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
 
 
-def test_the_demo_configuration_trains_and_publishes(tmp_path: Path) -> None:
-    """``make demo`` runs ``covserve-train fit --config configs/demo.yaml``; here with one epoch."""
+@dataclass(frozen=True)
+class Finished:
+    """A benchmark's exit code (0, or its ``SystemExit`` code) and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def benchmark(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Finished]:
+    """``benchmark("synthetic.py", "--quick", ...)``: the script's ``main`` run here, from the repo root."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.chdir(ROOT)
+
+    def run(script: str, *argv: str) -> Finished:
+        module = importlib.import_module(script.removesuffix(".py"))
+        capsys.readouterr()
+        code, message = 0, ""
+        try:
+            module.main(list(argv))
+        except SystemExit as exit_:  # as the interpreter would: a string is printed, exit code 1
+            code, message = (1, exit_.code + "\n") if isinstance(exit_.code, str) else (exit_.code or 0, "")
+        printed = capsys.readouterr()
+        return Finished(code, printed.out, printed.err + message)
+
+    return run
+
+
+@pytest.mark.slow(reason="trains the demo configuration (one epoch)")
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_trains_the_demo_configuration_then_serves_what_it_published(tmp_path: Path) -> None:
+    """What ``make demo`` runs (``make -n`` prints it without running it): a training command, then the
+    server over the repository that command publishes into. The training command runs here, one epoch."""
+    planned = subprocess.run(
+        ["make", "-n", "-s", "demo"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    lines = [line.strip().rstrip("\\").strip().rstrip(";") for line in planned.stdout.splitlines()]
+    train = shlex.split(next(line for line in lines if "covserve-train fit" in line))
+    serve = shlex.split(next(line for line in lines if "covserve-serve" in line))
+    fit = train[train.index("fit") :]
+    assert "--repository" not in fit  # so it publishes into the default repository, `models`
+    assert serve[serve.index("--repository") + 1] == "models"
     output = ["--repository", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs")]
-    code = cli_main(
-        ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--epochs", "1", "--no-progress", *output]
-    )
-    assert code == 0
-    assert (tmp_path / "models" / "demo" / "1" / "model.onnx").is_file()
-    assert "covserve-train fit --config configs/demo.yaml" in (ROOT / "Makefile").read_text()
+    assert cli_main([*fit, "--epochs", "1", "--no-progress", *output]) == 0
+    assert [path.parent.name for path in (tmp_path / "models").glob("*/*/model.onnx")] == ["1"]
 
 
-@pytest.mark.parametrize("script", ["tac.py", "pseudolabels.py", "serving.py", "gpu.py"])
-def test_benchmark_quick_mode_writes_a_table(script: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "script",
+    [
+        "tac.py",
+        pytest.param("pseudolabels.py", marks=pytest.mark.slow(reason="labels and trains at the quick size")),
+        pytest.param("serving.py", marks=pytest.mark.slow(reason="starts four server processes")),
+        "gpu.py",
+    ],
+)
+def test_benchmark_quick_mode_writes_a_table(
+    script: str, tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
     output = tmp_path / "result.md"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
+    result = benchmark(script, "--quick", "--output", str(output))
     assert result.returncode == 0, result.stderr
     text = output.read_text()
     assert "Machine:" in text
@@ -56,12 +106,11 @@ SYNTHETIC_OUTPUTS = ["synthetic.md", "synthetic_cost.png", "synthetic_accuracy.p
     ],
 )
 def test_evidence_benchmarks_quick_mode_writes_tables_and_plots(
-    script: str, extra: list[str], outputs: list[str], tmp_path: Path
+    script: str, extra: list[str], outputs: list[str], tmp_path: Path, benchmark: Callable[..., Finished]
 ) -> None:
     if script == "uci.py" and not UCI_DIR.is_dir():
         pytest.skip(f"{UCI_DIR} is not present")
-    command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--output-dir", str(tmp_path)]
-    result = subprocess.run([*command, *extra], capture_output=True, text=True, check=False, cwd=ROOT)
+    result = benchmark(script, "--quick", "--output-dir", str(tmp_path), *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in outputs:
         assert (tmp_path / name).stat().st_size > 0, name
@@ -90,14 +139,15 @@ def test_the_readme_python_examples_run(tmp_path: Path, capsys: pytest.CaptureFi
     assert "(1, 4) (1, 4, 4)" in printed
 
 
-def _synthetic(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(ROOT / "benchmarks" / "synthetic.py"), "--quick", "--dims", "2"]
-    command += ["--methods", "mse,w2-bound", "--output-dir", str(tmp_path), *extra]
-    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+def _synthetic(benchmark: Callable[..., Finished], tmp_path: Path, *extra: str) -> Finished:
+    flags = ["--quick", "--dims", "2", "--methods", "mse,w2-bound", "--output-dir", str(tmp_path)]
+    return benchmark("synthetic.py", *flags, *extra)
 
 
-def test_evidence_benchmarks_resume_from_their_stored_fits(tmp_path: Path) -> None:
-    assert _synthetic(tmp_path).returncode == 0
+def test_evidence_benchmarks_resume_from_their_stored_fits(
+    tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
+    assert _synthetic(benchmark, tmp_path).returncode == 0
     store = tmp_path / "synthetic.json"
     document = json.loads(store.read_text())
     assert sorted(document["fits"]) == ["D=2/trial=0/mse", "D=2/trial=0/w2-bound"]
@@ -106,27 +156,29 @@ def test_evidence_benchmarks_resume_from_their_stored_fits(tmp_path: Path) -> No
 
     document["fits"]["D=2/trial=0/w2-bound"]["metrics"]["kl_to_truth"] = 123456.0
     store.write_text(json.dumps(document))
-    resumed = _synthetic(tmp_path, "--resume")
+    resumed = _synthetic(benchmark, tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = (tmp_path / "synthetic.md").read_text()
     assert "1.235e+05 ± 0" in table
     assert "2 fit(s) reused from earlier runs" in table
 
-    afresh = _synthetic(tmp_path)
+    afresh = _synthetic(benchmark, tmp_path)
     assert afresh.returncode == 0
     assert "1.235e+05" not in (tmp_path / "synthetic.md").read_text()
 
 
-def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(tmp_path: Path) -> None:
+def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(
+    tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
     settings = {"samples_per_dim": 100, "epochs": 1, "lr": 0.001}
     (tmp_path / "synthetic.json").write_text(json.dumps({"format": 1, "settings": settings, "fits": {}}))
-    other = _synthetic(tmp_path, "--resume", "--epochs", "2")
+    other = _synthetic(benchmark, tmp_path, "--resume", "--epochs", "2")
     assert other.returncode != 0
     assert "synthetic.json was written with other settings (epochs)" in other.stderr
     assert "Traceback" not in other.stderr
 
     (tmp_path / "synthetic.json").write_text("{not json")
-    broken = _synthetic(tmp_path, "--resume")
+    broken = _synthetic(benchmark, tmp_path, "--resume")
     assert broken.returncode != 0
     assert "--resume: cannot read" in broken.stderr
     assert "synthetic.json" in broken.stderr
@@ -147,20 +199,22 @@ def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(tmp_
         ("tac.py", "--repeats", "0", "argument --repeats: 0 must be at least 1"),
     ],
 )
-def test_a_bad_count_is_refused_naming_the_flag(script: str, flag: str, value: str, message: str) -> None:
+def test_a_bad_count_is_refused_naming_the_flag(
+    script: str, flag: str, value: str, message: str, benchmark: Callable[..., Finished]
+) -> None:
     """``--trials 0`` once ran the full default size (``args.trials or FULL_TRIALS``); now every count flag
     is checked when parsed: exit code 2, the flag named, no traceback, nothing run."""
-    command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", f"{flag}={value}"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, timeout=120)
+    result = benchmark(script, "--quick", f"{flag}={value}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_the_label_scheme_benchmark_quick_mode_writes_both_tables(tmp_path: Path) -> None:
+def test_the_label_scheme_benchmark_quick_mode_writes_both_tables(
+    tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
     output = tmp_path / "schemes.md"
-    command = [sys.executable, str(ROOT / "benchmarks" / "pseudolabels.py"), "--schemes", "--quick"]
-    result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, cwd=ROOT)
+    result = benchmark("pseudolabels.py", "--schemes", "--quick", "--output", str(output))
     assert result.returncode == 0, result.stderr[-3000:]
     text = output.read_text()
     for row in (
@@ -179,7 +233,9 @@ def _store(path: Path, fits: dict[str, dict[str, float]]) -> None:
     path.write_text(json.dumps(document), encoding="utf-8")
 
 
-def test_the_default_scorecard_counts_against_hand_made_stores(tmp_path: Path) -> None:
+def test_the_default_scorecard_counts_against_hand_made_stores(
+    tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
     """KL: the hybrid with residual labels is 4 % above NLL (level), the bound 2× (not); W2²: it is the
     best. UCI held-out: it beats NLL but not NGBoost on energy, and counts as beating a failed NGBoost on
     electrical; on the paper's protocol it beats NLL on energy."""
@@ -206,9 +262,8 @@ def test_the_default_scorecard_counts_against_hand_made_stores(tmp_path: Path) -
             "tictac/electrical/trial=0/hybrid+residuals": {"nll": 11.0},
         },
     )
-    command = [sys.executable, str(ROOT / "benchmarks" / "beyond_paper.py"), "--results-dir", str(tmp_path)]
-    flags = ["--candidates", "nll,w2-bound,hybrid+residuals", "--trials", "1"]
-    result = subprocess.run([*command, *flags], capture_output=True, text=True, cwd=ROOT)
+    flags = ["--results-dir", str(tmp_path), "--candidates", "nll,w2-bound,hybrid+residuals", "--trials", "1"]
+    result = benchmark("beyond_paper.py", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     text = (tmp_path / "beyond_paper.md").read_text()
     assert "| hybrid+residuals | 1 | 1 | 1 | 1 | 1 |" in text
@@ -218,22 +273,22 @@ def test_the_default_scorecard_counts_against_hand_made_stores(tmp_path: Path) -
     assert "| ngboost | failed | 1.000 |" in text
 
 
-def test_tables_only_rewrites_the_tables_from_the_store_and_trains_nothing(tmp_path: Path) -> None:
-    script = [sys.executable, str(ROOT / "benchmarks" / "synthetic.py"), "--quick", "--dims", "2"]
+def test_tables_only_rewrites_the_tables_from_the_store_and_trains_nothing(
+    tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
+    script = ["synthetic.py", "--quick", "--dims", "2"]
     output = ["--output-dir", str(tmp_path)]
-    first = subprocess.run([*script, "--methods", "nll", *output], capture_output=True, text=True, cwd=ROOT)
+    first = benchmark(*script, "--methods", "nll", *output)
     assert first.returncode == 0, first.stderr[-3000:]
     stored = (tmp_path / "synthetic.json").read_text()
     again = [*script, "--methods", "nll,w2-bound", "--tables-only", *output]
-    second = subprocess.run(again, capture_output=True, text=True, cwd=ROOT)
+    second = benchmark(*again)
     assert second.returncode == 0, second.stderr[-3000:]
     assert (tmp_path / "synthetic.json").read_text() == stored
     table = (tmp_path / "synthetic.md").read_text()
     assert "| nll |" in table
     assert "| w2-bound (0 of 1 trials) | — |" in table
-    missing = subprocess.run(
-        [*script, "--tables-only", "--output-dir", str(tmp_path / "none")], capture_output=True, text=True
-    )
+    missing = benchmark(*script, "--tables-only", "--output-dir", str(tmp_path / "none"))
     assert missing.returncode != 0
     assert "--tables-only:" in missing.stderr
     assert "does not exist" in missing.stderr

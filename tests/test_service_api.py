@@ -6,7 +6,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,26 +16,19 @@ import pytest
 
 from covserve.service import Settings, gaussian
 from covserve.service._requests import ConditionRequest, PredictRequest
-from tests.service_fixtures import export_tiny_model, running_server
+from tests.service_fixtures import in_process_client
 
 SERVE = str(Path(sys.executable).parent / "covserve-serve")
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
-    export_tiny_model(root, "beta", in_dim=2, out_dim=3, kind="sqrt", seed=1)
-    export_tiny_model(root, "beta", in_dim=2, out_dim=3, kind="sqrt", seed=2)
-    return root
+def repository(served_repository: Path) -> Path:
+    return served_repository
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[str]:
-    with running_server(
-        Settings(repository=repository, max_rows=50, max_body_bytes=20_000, threads=1)
-    ) as url:
-        yield url
+def server(serve: Callable[..., str]) -> str:
+    return serve(max_rows=50, max_body_bytes=20_000)
 
 
 def _onnx(repository: Path, name: str, version: int, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -184,16 +177,16 @@ def test_metrics_count_requests_and_monitor_uncertainty(server: str) -> None:
 def test_request_labels_name_served_models_only(repository: Path) -> None:
     """Paths naming unknown models or versions are counted under "", so clients cannot grow the series."""
     versions = "/v1/models/{name}/versions/{version}/predict"
-    with running_server(Settings(repository=repository, threads=1)) as url:
+    with in_process_client(Settings(repository=repository, threads=1)) as client:
         for path, status in (
             ("/v1/models/ghost-1/predict", 404),
             ("/v1/models/ghost-2/predict", 404),
             ("/v1/models/beta/versions/7/predict", 404),
             ("/v1/models/beta/versions/2/predict", 200),
         ):
-            assert httpx.post(f"{url}{path}", json={"inputs": [[0, 0]]}).status_code == status
-        assert httpx.get(f"{url}/v1/models/beta/predict").status_code == 405
-        text = httpx.get(f"{url}/metrics").text
+            assert client.post(path, json={"inputs": [[0, 0]]}).status_code == status
+        assert client.get("/v1/models/beta/predict").status_code == 405
+        text = client.get("/metrics").text
     assert "ghost" not in text
     assert 'version="7"' not in text
     latest = "/v1/models/{name}/predict"
@@ -204,8 +197,8 @@ def test_request_labels_name_served_models_only(repository: Path) -> None:
 
 def test_access_log_can_be_switched_off(repository: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(repository=repository, access_log=False, threads=1)
-    with caplog.at_level(logging.INFO, logger="covserve.access"), running_server(settings) as url:
-        answered = httpx.post(f"{url}/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]})
+    with caplog.at_level(logging.INFO, logger="covserve.access"), in_process_client(settings) as client:
+        answered = client.post("/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]})
         assert answered.status_code == 200
         assert len(answered.headers["x-request-id"]) == 32
     assert [record for record in caplog.records if record.name == "covserve.access"] == []
@@ -213,16 +206,16 @@ def test_access_log_can_be_switched_off(repository: Path, caplog: pytest.LogCapt
 
 def test_auth_protects_inference_but_not_health(repository: Path) -> None:
     settings = Settings(repository=repository, api_keys=["s3cret", "other"], threads=1)
-    with running_server(settings) as url:
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
-        denied = httpx.post(f"{url}/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]})
+    with in_process_client(settings) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        denied = client.post("/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]})
         assert denied.status_code == 401
         assert "authorization" in denied.json()["error"]
-        wrong = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"})
+        wrong = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
-        allowed = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer other"})
+        allowed = client.get("/v1/models", headers={"Authorization": "Bearer other"})
         assert allowed.status_code == 200
-        assert httpx.get(f"{url}/metrics").status_code == 200
+        assert client.get("/metrics").status_code == 200
 
 
 def test_key_file_protected_metrics_request_id_and_no_key_in_the_log(
@@ -232,18 +225,18 @@ def test_key_file_protected_metrics_request_id_and_no_key_in_the_log(
     keys.write_text("# rotated 2026-11\n  file-key  \n\n", encoding="utf-8")
     settings = Settings(repository=repository, api_key_file=keys, protect_metrics=True, threads=1)
     key = {"Authorization": "Bearer file-key"}
-    with caplog.at_level(logging.INFO, logger="covserve.access"), running_server(settings) as url:
-        assert httpx.get(f"{url}/metrics").status_code == 401
-        assert httpx.get(f"{url}/metrics", headers=key).status_code == 200
-        assert httpx.get(f"{url}/v2/health/live").status_code == 200
-        answered = httpx.post(
-            f"{url}/v1/models/alpha/predict",
+    with caplog.at_level(logging.INFO, logger="covserve.access"), in_process_client(settings) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=key).status_code == 200
+        assert client.get("/v2/health/live").status_code == 200
+        answered = client.post(
+            "/v1/models/alpha/predict",
             json={"inputs": [[0, 0, 0]]},
             headers={**key, "x-request-id": "trace-42"},
         )
         assert answered.status_code == 200
         assert answered.headers["x-request-id"] == "trace-42"
-        fresh = httpx.get(f"{url}/v1/models", headers=key).headers["x-request-id"]
+        fresh = client.get("/v1/models", headers=key).headers["x-request-id"]
         assert len(fresh) == 32
     lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "covserve.access"]
     traced = [line for line in lines if line["request_id"] == "trace-42"]

@@ -23,7 +23,7 @@ from covserve.service._inference import Inference, Outcome
 from covserve.service._metrics import LOG_DET_BUCKETS, ArrayHistogram, ServiceMetrics
 from covserve.service._registry import ServedModels
 from covserve.service._runtime import LoadedModel
-from tests.service_fixtures import export_tiny_model, running_server
+from tests.service_fixtures import running_server
 
 TOLERANCE = 1e-6
 REQUESTS = 12
@@ -32,11 +32,9 @@ LONG_DELAY_MS = 10_000.0
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
-    export_tiny_model(root, "gamma", in_dim=2, out_dim=4, kind="sqrt", seed=3)
-    return root
+def repository(served_repository: Path) -> Path:
+    """alpha (3 → 2) and beta (2 → 3, latest version 2)."""
+    return served_repository
 
 
 def _served(repository: Path, **overrides: float) -> tuple[Settings, ServedModels, ServiceMetrics]:
@@ -49,7 +47,8 @@ def _served(repository: Path, **overrides: float) -> tuple[Settings, ServedModel
 
 def _reference(repository: Path, name: str, inputs: np.ndarray) -> list[np.ndarray]:
     """``mean`` and ``covariance`` straight from a fresh ONNX Runtime session (float32 in, float32 out)."""
-    session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"))
+    latest = max(int(version.name) for version in (repository / name).iterdir())
+    session = ort.InferenceSession(str(repository / name / str(latest) / "model.onnx"))
     outputs = session.run(["mean", "covariance"], {"x": inputs.astype(np.float32)})
     return [np.asarray(output, dtype=np.float64) for output in outputs]
 
@@ -77,7 +76,7 @@ def _batch_sizes(metrics: ServiceMetrics, name: str) -> tuple[float, float]:
     return runs, rows
 
 
-@pytest.mark.parametrize("name", ["alpha", "gamma"])
+@pytest.mark.parametrize("name", ["alpha", "beta"])
 def test_merged_runs_split_back_to_each_request(repository: Path, name: str) -> None:
     settings, models, metrics = _served(repository, max_queue_delay_ms=DELAY_MS, max_batch_size=1000)
     model = models.get(name)
@@ -140,7 +139,7 @@ def test_a_request_larger_than_the_batch_runs_alone_and_flushes_the_waiting_ones
 
 def test_a_lone_request_waits_the_delay_and_not_much_longer(repository: Path) -> None:
     settings, models, metrics = _served(repository, max_queue_delay_ms=DELAY_MS)
-    model = models.get("gamma")
+    model = models.get("beta")
 
     async def scenario() -> list[Outcome]:
         return await _concurrently(Inference(settings, metrics), model, [np.zeros((2, 2))])
@@ -193,7 +192,7 @@ def test_tritonclient_aio_gets_the_unbatched_numbers_through_a_batching_server(r
                     tensor = triton_aio.InferInput("x", list(rows.shape), "FP32")
                     tensor.set_data_from_numpy(rows, binary_data=True)
                     outputs = [triton_aio.InferRequestedOutput("covariance", binary_data=True)]
-                    result = await client.infer("gamma", [tensor], outputs=outputs)
+                    result = await client.infer("beta", [tensor], outputs=outputs)
                     covariance: np.ndarray = result.as_numpy("covariance")
                     return covariance
 
@@ -203,7 +202,7 @@ def test_tritonclient_aio_gets_the_unbatched_numbers_through_a_batching_server(r
 
         covariances = asyncio.run(scenario())
     for rows, covariance in zip(requests, covariances, strict=True):
-        _, want = _reference(repository, "gamma", rows)
+        _, want = _reference(repository, "beta", rows)
         np.testing.assert_allclose(covariance, want, rtol=TOLERANCE, atol=TOLERANCE)
 
 

@@ -32,7 +32,6 @@ from covserve.service._errors import (
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._responses import service_error_response
 from covserve.service.gaussian import mahalanobis
-from tests.service_fixtures import export_tiny_model
 
 __all__: list[str] = []
 
@@ -40,10 +39,8 @@ Result = TypeVar("Result")
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="sqrt", seed=0)
-    return root
+def repository(served_repository: Path) -> Path:
+    return served_repository
 
 
 @asynccontextmanager
@@ -120,7 +117,7 @@ def test_errors_of_the_hot_routes_are_rendered_by_the_app_handlers(repository: P
 
     missing, bad_version, bad_json, wrong_method, bad_infer = _with_client(app, scenario)
     assert missing.status_code == 404
-    assert missing.json() == {"error": "model 'nope' not found (served models: alpha)"}
+    assert missing.json() == {"error": "model 'nope' not found (served models: alpha, beta)"}
     assert bad_version.status_code == 400
     assert bad_version.json()["error"].startswith("version: expected a positive integer")
     assert bad_json.status_code == 400
@@ -146,7 +143,7 @@ def test_routes_receive_the_data_plane_as_a_typed_dependency_that_tests_can_over
     listed, metadata_status = _with_client(app, scenario)
     assert listed == {"models": [], "skipped": []}
     assert metadata_status == 404
-    assert [loaded.version.name for loaded in of_app(app).models] == ["alpha"]
+    assert [loaded.version.name for loaded in of_app(app).models] == ["alpha", "beta", "beta"]
 
 
 def test_the_data_plane_counts_oip_successes_and_failures_and_returns_mahalanobis_once(
@@ -171,7 +168,7 @@ def test_the_data_plane_counts_oip_successes_and_failures_and_returns_mahalanobi
     statuses, predicted = _with_client(app, scenario)
     assert statuses == [200, 400]
     plane = of_app(app)
-    (model,) = plane.models
+    model = plane.models.get("alpha")
     counters = plane.statistics(model)
     assert (counters.success_count, counters.failure_count, counters.inference_count) == (1, 1, 2)
     expected = mahalanobis(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from covserve.service import Settings, gaussian
-from tests.service_fixtures import export_tiny_model, running_server
+from tests.service_fixtures import running_server
 
 MODELS = {"alpha": (3, 2), "beta": (2, 3)}
 """Served models: name -> (in_dim, out_dim)."""
@@ -46,18 +46,13 @@ FUZZ = settings(
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
-    export_tiny_model(root, "beta", in_dim=2, out_dim=3, kind="sqrt", seed=1)
-    return root
+def repository(served_repository: Path) -> Path:
+    return served_repository
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[str]:
-    served = Settings(repository=repository, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY_BYTES, threads=1)
-    with running_server(served) as url:
-        yield url
+def server(serve: Callable[..., str]) -> str:
+    return serve(max_rows=MAX_ROWS, max_body_bytes=MAX_BODY_BYTES)
 
 
 @pytest.fixture(scope="module")

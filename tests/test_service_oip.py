@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -12,19 +12,13 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from covserve.service import Settings
-from tests.service_fixtures import export_tiny_model, running_server
-
 ROWS = np.random.default_rng(5).normal(size=(6, 3)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("models")
-    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
-    export_tiny_model(root, "gamma", in_dim=2, out_dim=4, kind="sqrt", seed=3)
-    with running_server(Settings(repository=root, max_rows=64, threads=1)) as url:
-        yield url
+def server(serve: Callable[..., str]) -> str:
+    """The fuzz suite's server configuration: one server for both."""
+    return serve(max_rows=64, max_body_bytes=65536)
 
 
 def _native(server: str) -> dict[str, np.ndarray]:
@@ -96,11 +90,12 @@ def test_aio_client_matches_the_native_api(server: str, binary: bool) -> None:
 
 def test_metadata_config_and_statistics_for_perf_analyzer(server: str) -> None:
     client = triton.InferenceServerClient(server.removeprefix("http://"))
-    metadata = client.get_model_metadata("gamma")
+    metadata = client.get_model_metadata("beta")
+    assert metadata["versions"] == ["1", "2"]
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
-    assert {output["name"]: output["shape"] for output in metadata["outputs"]}["covariance"] == [-1, 4, 4]
+    assert {output["name"]: output["shape"] for output in metadata["outputs"]}["covariance"] == [-1, 3, 3]
     assert metadata["properties"]["execution_provider"] == "CPUExecutionProvider"
-    config = client.get_model_config("gamma")
+    config = client.get_model_config("beta")
     assert config["max_batch_size"] == 64
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [2]}]
     before = client.get_inference_statistics("alpha", "1")["model_stats"][0]

@@ -22,13 +22,8 @@ ROW = {"inputs": [[0.1, 0.2, 0.3]]}
 WAIT_SECONDS = 60.0
 
 
-def _alpha_repository(root: Path) -> Path:
-    export_tiny_model(root, "alpha", in_dim=3, out_dim=2, kind="cholesky", seed=0)
-    return root
-
-
-def test_repository_index_load_and_unload(tmp_path: Path) -> None:
-    repository = _alpha_repository(tmp_path / "models")
+def test_repository_index_load_and_unload(alpha_repository: Path) -> None:
+    repository = alpha_repository
     with running_server(Settings(repository=repository, threads=1)) as url:
         index = httpx.post(f"{url}/v2/repository/index").json()
         assert index == [{"name": "alpha", "version": "1", "state": "READY", "reason": ""}]
@@ -48,8 +43,8 @@ def test_repository_index_load_and_unload(tmp_path: Path) -> None:
         assert "nothing" in missing.json()["error"]
 
 
-def test_an_invalid_version_is_reported_and_skipped(tmp_path: Path) -> None:
-    repository = _alpha_repository(tmp_path / "models")
+def test_an_invalid_version_is_reported_and_skipped(alpha_repository: Path) -> None:
+    repository = alpha_repository
     broken = repository / "alpha" / "2"
     shutil.copytree(repository / "alpha" / "1", broken)
     (broken / "model.onnx").write_bytes(b"not an onnx file")
@@ -62,8 +57,9 @@ def test_an_invalid_version_is_reported_and_skipped(tmp_path: Path) -> None:
         assert {"name": "alpha", "version": "2", "state": "UNAVAILABLE"}.items() <= index[-1].items()
 
 
-def test_hot_reload_under_concurrent_requests_loses_no_request(tmp_path: Path) -> None:
-    repository = _alpha_repository(tmp_path / "models")
+@pytest.mark.slow(reason="exports new versions while clients keep the server busy")
+def test_hot_reload_under_concurrent_requests_loses_no_request(alpha_repository: Path) -> None:
+    repository = alpha_repository
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -87,8 +83,8 @@ def test_hot_reload_under_concurrent_requests_loses_no_request(tmp_path: Path) -
     assert set(statuses) == {200}
 
 
-def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
-    repository = _alpha_repository(tmp_path / "models")
+def test_polling_picks_up_a_new_version(alpha_repository: Path) -> None:
+    repository = alpha_repository
     with running_server(Settings(repository=repository, threads=1, poll_seconds=0.2)) as url:
         export_tiny_model(repository, "alpha", in_dim=3, out_dim=2, kind="sqrt", seed=4)
         deadline = time.monotonic() + WAIT_SECONDS
@@ -112,13 +108,15 @@ def _inflight(url: str) -> float:
     raise AssertionError("covserve_inflight_requests is missing from /metrics")
 
 
-def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
-    repository = _alpha_repository(tmp_path / "models")
+@pytest.mark.slow(reason="a real server process held busy by a 4 s batching delay while SIGTERM arrives")
+def test_sigterm_drains_in_flight_requests_then_exits(alpha_repository: Path) -> None:
+    repository = alpha_repository
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "covserve.service", "--repository", str(repository), "--port", str(port)]
-    # a 10 s batching delay holds every request in flight until the signal has certainly arrived
-    batching = ["--max-queue-delay-ms", "10000", "--max-batch-size", "1000"]
+    # a 4 s batching delay holds every request in flight until the signal has certainly arrived (it is sent
+    # as soon as the server counts every request in flight)
+    batching = ["--max-queue-delay-ms", "4000", "--max-batch-size", "1000"]
     process = subprocess.Popen([*command, "--threads", "1", *batching], stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + WAIT_SECONDS
