@@ -2,13 +2,14 @@
 
     git worktree add /tmp/covserve-baseline <revision>
     python benchmarks/serving_compare.py --baseline /tmp/covserve-baseline \\
-        [--seconds 2] [--rounds 3] [--output benchmarks/results/serving_compare.md]
+        [--seconds 2] [--rounds 3] [--rows 1,256] [--output benchmarks/results/serving_compare.md]
 
 Both servers run at once (``python -m covserve.service`` started in each checkout, so each imports its own
 ``covserve``; the same virtual environment), over the same exported model, with the flags of
 ``benchmarks/serving.py``. Every hot-path cell of ``serving.py`` (native JSON and OIP binary, 1 and 256
 rows, concurrency 1, 16 and 64, batching off and on) is measured ``--rounds`` times on each server,
-alternating which goes first; the report gives each server's median requests/s and server CPU per
+alternating which goes first (``--rows 1`` keeps the single-row cells only, for more rounds in the same
+time); the report gives each server's median requests/s and server CPU per
 request, and their ratio. Ratios are what to read: the machine's load moves both servers alike.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import uvicorn
-from _arguments import positive_float, positive_int
+from _arguments import positive_float, positive_int, positive_ints
 from _machine import describe_machine
 from _report import write_report
 from serving import (
@@ -104,9 +105,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=positive_int, default=ROUNDS, help="measurements per cell and server"
     )
+    parser.add_argument(
+        "--rows", type=positive_ints, default=ROW_COUNTS, help=f"rows per request to measure, of {ROW_COUNTS}"
+    )
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     args = parser.parse_args(argv)
     baseline_source: Path = args.baseline.resolve()
+    if not set(args.rows) <= set(ROW_COUNTS):
+        parser.error(f"--rows: expected some of {ROW_COUNTS}, got {args.rows}")
     if not (baseline_source / "covserve" / "service" / "__init__.py").is_file():
         parser.error(f"--baseline: {baseline_source} is not a covserve checkout (no covserve/service/)")
 
@@ -115,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="covserve-serving-compare-") as scratch:
         directory = Path(scratch)
         _export(directory / "models")
-        loads = [make(rows) for make in (_native_load, _oip_load) for rows in ROW_COUNTS]
+        loads = [make(rows) for make in (_native_load, _oip_load) for rows in args.rows]
         for mode, flags in BATCHING.items():
             arguments = [*_covserve_arguments(directory / "models", CPU), *flags]
             with (
@@ -146,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "# Serving: this checkout against a baseline, side by side",
         "",
         f"Command: `python benchmarks/serving_compare.py --baseline <checkout> --seconds {args.seconds:g} "
-        f"--rounds {args.rounds}`  ",
+        f"--rounds {args.rounds} --rows {','.join(str(rows) for rows in args.rows)}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
         "Machine: " + describe_machine(("ONNX Runtime", ort.__version__), ("uvicorn", uvicorn.__version__)),
         "",
