@@ -17,6 +17,7 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,10 +34,9 @@ RETRY_AFTER_SECONDS = 1
 MILLISECONDS = 1000.0
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """One request's share of a run: its rows' prediction and input Mahalanobis distances ``(B,)``, seconds
-    queued, seconds of the whole run, and the rows in that run."""
+    queued, seconds of the whole run, and the rows in that run (a named tuple: cheap to make per request)."""
 
     prediction: Prediction
     input_mahalanobis: NDArray[np.float64]
@@ -149,12 +149,12 @@ class Inference:
         name = model.version.name
         self._metrics.inference_duration.labels(name).observe(finished - started)
         self._metrics.batch_size.labels(name).observe(len(inputs))
-        queue_duration = self._metrics.queue_duration.labels(name)
+        waits = [started - entry.enqueued for entry in batch]
+        self._metrics.queue_duration.observe(name, np.asarray(waits))
         offset = 0
-        for entry in batch:
+        for entry, wait in zip(batch, waits, strict=True):
             rows = slice(offset, offset + len(entry.inputs))
             offset = rows.stop
-            queue_duration.observe(started - entry.enqueued)
             if entry.future.done():  # the client went away
                 continue
             if not healthy[rows].all():
@@ -168,9 +168,7 @@ class Inference:
                 covariance=prediction.covariance[rows],
                 scale=prediction.scale[rows],
             )
-            entry.future.set_result(
-                Outcome(share, distances[rows], started - entry.enqueued, finished - started, len(inputs))
-            )
+            entry.future.set_result(Outcome(share, distances[rows], wait, finished - started, len(inputs)))
 
     def _predict(
         self, model: LoadedModel, inputs: NDArray[np.float32]

@@ -89,12 +89,12 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.queue_duration = Histogram(
+        self.queue_duration = ArrayHistogram(
             "covserve_queue_duration_seconds",
             "Time a request waited for an inference worker",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            "model",
+            LATENCY_BUCKETS,
+            self.registry,
         )
         self.inference_duration = Histogram(
             "covserve_inference_duration_seconds",

@@ -28,9 +28,8 @@ import io
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -113,9 +112,8 @@ class NonFiniteInputError(ValueError):
         self.row = row
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """Raw-unit outputs of one batch, float64.
+class Prediction(NamedTuple):
+    """Raw-unit outputs of one batch, float64 (a named tuple: one is made per request, cheaply).
 
     ``mean`` ``(B, D)``; ``covariance`` ``(B, D, D)``, symmetric exactly; ``scale`` ``(B, D, D)`` with
     ``scale · scaleᵀ ≈ covariance`` (lower triangular for the exported parameterisations).
