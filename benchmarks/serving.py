@@ -417,9 +417,11 @@ class Server:
 
 
 @contextmanager
-def _server(arguments: list[str], log: Path, source: Path = ROOT) -> Iterator[Server]:
+def _server(
+    arguments: list[str], log: Path, source: Path = ROOT, cpus: set[int] | None = None
+) -> Iterator[Server]:
     """Run ``python <arguments> --port P`` on a free port until ready, in ``source`` (``python -m``
-    imports that checkout's ``covserve`` first)."""
+    imports that checkout's ``covserve`` first), on ``cpus`` only when given (Linux)."""
     port = _free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -427,6 +429,7 @@ def _server(arguments: list[str], log: Path, source: Path = ROOT) -> Iterator[Se
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=source,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         try:
             base_url = f"http://{HOST}:{port}"

@@ -9,8 +9,10 @@ Both servers run at once (``python -m covserve.service`` started in each checkou
 ``benchmarks/serving.py``. Every hot-path cell of ``serving.py`` (native JSON and OIP binary, 1 and 256
 rows, concurrency 1, 16 and 64, batching off and on) is measured ``--rounds`` times on each server,
 alternating which goes first (``--rows 1`` keeps the single-row cells only, for more rounds in the same
-time); the report gives each server's median requests/s and server CPU per
-request, and their ratio. Ratios are what to read: the machine's load moves both servers alike.
+time). Where the machine has two or more CPUs (Linux), both servers are pinned to CPU 0 and the load
+generator to CPU 1, so the two never compete for a core and a cell measures one core's worth of server.
+The report gives each server's median requests/s and server CPU per request, and their ratio. Ratios
+are what to read: the machine's load moves both servers alike.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import uvicorn
 from _arguments import positive_float, positive_int, positive_ints
@@ -47,6 +50,9 @@ from serving import (
 
 SECONDS = 2.0
 ROUNDS = 3
+QUARTILES = (0.25, 0.75)
+PINNED_CPUS = 2
+"""CPUs needed to pin the servers and the load generator apart."""
 TOLERANCE = 0.10
 """A cell whose requests/s ratio (this checkout ÷ baseline) is below ``1 - TOLERANCE`` is flagged."""
 
@@ -71,16 +77,26 @@ class Comparison:
         return statistics.median(cell.server_ms_per_request for cell in cells)
 
     @property
+    def round_ratios(self) -> list[float]:
+        """Per round, this checkout's requests/s ÷ the baseline's (measured one after the other)."""
+        return [
+            candidate.requests_per_second / baseline.requests_per_second
+            for baseline, candidate in zip(self.baseline, self.candidate, strict=True)
+        ]
+
+    @property
     def ratio(self) -> float:
-        """Median requests/s of this checkout ÷ the baseline's."""
-        return self._rate(self.candidate) / self._rate(self.baseline)
+        """The median of :attr:`round_ratios`."""
+        return statistics.median(self.round_ratios)
 
     def line(self) -> str:
         verdict = "" if self.ratio >= 1.0 - TOLERANCE else " **below**"
+        low, high = np.quantile(self.round_ratios, QUARTILES)
         return (
             f"| {self.mode} | {self.protocol} | {self.rows} | {self.concurrency} | "
             f"{self._rate(self.baseline):,.0f} | {self._rate(self.candidate):,.0f} | "
-            f"{self.ratio:.2f}{verdict} | {self._cpu(self.baseline):.3f} | {self._cpu(self.candidate):.3f} |"
+            f"{self.ratio:.2f}{verdict} | {low:.2f}–{high:.2f} | "
+            f"{self._cpu(self.baseline):.3f} | {self._cpu(self.candidate):.3f} |"
         )
 
 
@@ -93,6 +109,17 @@ def _revision(source: Path) -> str:
     )
     dirty = " (with uncommitted changes)" if status.stdout.strip() else ""
     return (result.stdout.strip() or "unknown revision") + dirty
+
+
+def _pin_load_generator() -> set[int] | None:
+    """Pin this process to the second allowed CPU; the servers' CPU set (the first), or None if unpinned."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < PINNED_CPUS:
+        return None
+    os.sched_setaffinity(0, {allowed[1]})
+    return {allowed[0]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -117,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--baseline: {baseline_source} is not a covserve checkout (no covserve/service/)")
 
     load_at_start = os.getloadavg()[0]
+    server_cpus = _pin_load_generator()
     comparisons: list[Comparison] = []
     with tempfile.TemporaryDirectory(prefix="covserve-serving-compare-") as scratch:
         directory = Path(scratch)
@@ -125,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for mode, flags in BATCHING.items():
             arguments = [*_covserve_arguments(directory / "models", CPU), *flags]
             with (
-                _server(arguments, directory / f"baseline-{mode}.log", baseline_source) as baseline,
-                _server(arguments, directory / f"candidate-{mode}.log", ROOT) as candidate,
+                _server(
+                    arguments, directory / f"baseline-{mode}.log", baseline_source, server_cpus
+                ) as baseline,
+                _server(arguments, directory / f"candidate-{mode}.log", ROOT, server_cpus) as candidate,
             ):
                 for load in loads:
                     for concurrency in FULL_CONCURRENCY:
@@ -159,14 +189,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Baseline: {_revision(baseline_source)}.  ",
         f"This checkout: {_revision(ROOT)}.",
         "",
-        "Both servers run at once with the flags of `benchmarks/serving.py`; each cell is measured "
+        "Both servers run at once with the flags of `benchmarks/serving.py`"
+        + (
+            f", pinned to CPU {min(server_cpus)} with the load generator on another"
+            if server_cpus is not None
+            else ", unpinned"
+        )
+        + "; each cell is measured "
         f"{args.rounds} times on each, alternating which goes first, {args.seconds:g} s per measurement. "
-        "Requests/s and server CPU ms per request are medians over the rounds; the ratio is this "
-        f"checkout's requests/s ÷ the baseline's (**below** marks a ratio under {1 - TOLERANCE:.2f}).",
+        "Requests/s and server CPU ms per request are medians over the rounds; the ratio is the median "
+        "over rounds of this checkout's requests/s ÷ the baseline's in the same round, with the "
+        "interquartile range of those per-round ratios "
+        f"(**below** marks a median under {1 - TOLERANCE:.2f}).",
         "",
         "| batching | protocol | rows/request | concurrency | baseline requests/s | requests/s | ratio | "
-        "baseline server CPU ms/request | server CPU ms/request |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "ratio IQR | baseline server CPU ms/request | server CPU ms/request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(comparison.line() for comparison in comparisons),
         "",
         f"Cells below {1 - TOLERANCE:.2f}: {len(flagged)} of {len(comparisons)}"
