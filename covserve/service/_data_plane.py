@@ -81,7 +81,7 @@ class DataPlane:
         return counters
 
     def shutdown(self) -> None:
-        """Stop admitting work to unready routes and wait for running inferences."""
+        """Mark the models draining (readiness turns false) and wait for running inferences."""
         self.models.draining = True
         self.inference.shutdown()
 
