@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +21,7 @@ from covserve.service._metrics import ServiceMetrics
 from covserve.service._registry import ServedModels
 from covserve.service._repository_routes import router as repository_router
 from covserve.service._requests import ConditionRequest, PredictRequest
-from covserve.service._responses import error_response, service_error_response
+from covserve.service._responses import error_response, json_response, service_error_response
 from covserve.service._routing import documented
 from covserve.service._settings import Settings
 
@@ -106,9 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v2", tags=["health"], summary="Server metadata")
     async def server_metadata() -> Response:
-        return Response(
-            orjson.dumps({"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}),
-            media_type="application/json",
+        return json_response(
+            {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
         )
 
     @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics")

@@ -106,9 +106,12 @@ class DataPlane:
         request = parse_request(body, ConditionRequest)
         inputs = self._v1_rows(request, model)
         targets = list(model.version.target_names)
+        if len(request.observed) != len(inputs):
+            raise InvalidRequestError(
+                f"observed: expected one mapping per input row ({len(inputs)}), got {len(request.observed)}"
+            )
         observed_indices = [
-            _observed_indices(index, observed, targets)
-            for index, observed in enumerate(_one_per_row(request.observed, len(inputs)))
+            _observed_indices(index, observed, targets) for index, observed in enumerate(request.observed)
         ]
         prediction = (await self.inference.run(model, inputs)).prediction
         rows = []
@@ -219,8 +222,7 @@ def of_app(app: FastAPI) -> DataPlane:
 
 def data_plane(request: Request) -> DataPlane:
     """The data plane of the app serving ``request``."""
-    plane: DataPlane = request.app.state.data_plane
-    return plane
+    return of_app(request.app)
 
 
 DataPlaneDependency = Annotated[DataPlane, Depends(data_plane)]
@@ -247,14 +249,6 @@ def _selected(outputs: Sequence[OutputName], outcome: Outcome, level: float) -> 
         else:
             result["mahalanobis_ood"] = outcome.input_mahalanobis
     return result
-
-
-def _one_per_row(observed: list[dict[str, float]], rows: int) -> list[dict[str, float]]:
-    if len(observed) != rows:
-        raise InvalidRequestError(
-            f"observed: expected one mapping per input row ({rows}), got {len(observed)}"
-        )
-    return observed
 
 
 def _observed_indices(index: int, observed: dict[str, float], targets: list[str]) -> list[int]:

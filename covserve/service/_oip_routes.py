@@ -7,15 +7,13 @@ clients work in binary and JSON modes.
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from covserve.repository import INPUT_NAME, output_shapes
 from covserve.service._body import read_body
 from covserve.service._data_plane import DataPlane, DataPlaneDependency
 from covserve.service._oip import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
+from covserve.service._responses import json_response
 from covserve.service._routing import DataPlaneRoute, error_responses
 
 __all__ = [
@@ -34,15 +32,11 @@ TAGS = ("open inference protocol",)
 router = APIRouter(prefix="/v2", tags=list(TAGS))
 
 
-def _json(payload: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(payload), media_type=JSON_CONTENT_TYPE)
-
-
 async def model_metadata(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
     """Names, versions, platform and tensor signatures; ``properties`` adds provider and provenance."""
     model = plane.models.get(name, version)
     versions = sorted(plane.models.versions[model.version.name])
-    return _json(
+    return json_response(
         {
             "name": model.version.name,
             "versions": [str(v) for v in versions],
@@ -66,13 +60,13 @@ async def model_metadata(plane: DataPlaneDependency, name: str, version: str | N
 async def model_ready(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
     """200 when the version is loaded and warmed up."""
     model = plane.models.get(name, version)
-    return _json({"name": model.version.name, "ready": bool(plane.models.ready)})
+    return json_response({"name": model.version.name, "ready": bool(plane.models.ready)})
 
 
 async def model_config(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
     """Triton-style model configuration (``max_batch_size`` and per-row dims) for perf_analyzer."""
     model = plane.models.get(name, version)
-    return _json(
+    return json_response(
         {
             "name": model.version.name,
             "platform": PLATFORM,
@@ -90,7 +84,7 @@ async def model_statistics(plane: DataPlaneDependency, name: str, version: str |
     """Cumulative inference counters (Triton statistics extension) of one model version."""
     model = plane.models.get(name, version)
     stats = plane.statistics(model)
-    return _json(
+    return json_response(
         {
             "model_stats": [
                 {

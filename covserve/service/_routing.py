@@ -24,11 +24,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from covserve.service._data_plane import DataPlane
+from covserve.service._responses import JSON
 
 __all__ = ["DataPlaneRoute", "documented", "error_responses", "json_body"]
 
 REFERENCE = "#/components/schemas/{model}"
-JSON = "application/json"
 PATH_PARAMETER = re.compile(r"{(\w+)}")
 NON_WORD = re.compile(r"\W+")
 
