@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from covserve.service import Settings, gaussian
 from covserve.service._requests import ConditionRequest, PredictRequest
+from covserve.service.cli import _freeze_startup_objects
 from tests.service_fixtures import in_process_client
 
 SERVE = str(Path(sys.executable).parent / "covserve-serve")
@@ -290,6 +292,18 @@ def _references(node: object) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _references(value)]
     return []
+
+
+def test_serve_cli_takes_start_up_objects_out_of_garbage_collection() -> None:
+    """What is alive before serving starts leaves the collector's generations: no later collection walks it."""
+    gc.collect()
+    oldest = len(gc.get_objects(generation=2))
+    try:
+        _freeze_startup_objects()
+        assert oldest > 10_000 and gc.get_freeze_count() > 0.9 * oldest
+        assert len(gc.get_objects(generation=2)) < oldest / 100
+    finally:
+        gc.unfreeze()
 
 
 def test_openapi_documents_the_bodies_with_valid_examples(server: str) -> None:
