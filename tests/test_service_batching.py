@@ -207,9 +207,12 @@ def test_tritonclient_aio_gets_the_unbatched_numbers_through_a_batching_server(r
 
 
 def test_array_histogram_matches_prometheus_client_histogram() -> None:
-    values = np.random.default_rng(5).normal(scale=30.0, size=500)
+    """Bounds are inclusive (``le``), calls accumulate, and non-finite values are not counted."""
+    values = np.concatenate([np.random.default_rng(5).normal(scale=30.0, size=500), LOG_DET_BUCKETS])
     ours = CollectorRegistry()
-    ArrayHistogram("log_det", "test", "model", LOG_DET_BUCKETS, ours).observe("m", values)
+    histogram_of_arrays = ArrayHistogram("log_det", "test", "model", LOG_DET_BUCKETS, ours)
+    histogram_of_arrays.observe("m", values[:300])
+    histogram_of_arrays.observe("m", np.concatenate([values[300:], [np.nan, np.inf, -np.inf]]))
     reference = CollectorRegistry()
     histogram = Histogram("log_det", "test", ["model"], buckets=LOG_DET_BUCKETS, registry=reference)
     for value in values:

@@ -37,18 +37,24 @@ class ArrayHistogram(Collector):
         self._documentation = documentation
         self._label = label
         self._upper = np.asarray([*buckets, math.inf], dtype=np.float64)
-        self._counts: dict[str, NDArray[np.int64]] = {}
+        self._at_most: dict[str, NDArray[np.int64]] = {}
+        """Per label value, how many values were at most each bound (Prometheus' cumulative buckets)."""
         self._sums: dict[str, float] = {}
         self._lock = threading.Lock()
         registry.register(self)
 
     def observe(self, label_value: str, values: NDArray[np.float64]) -> None:
-        """Count every finite element of ``values`` (any shape) under ``label_value``."""
-        finite = values[np.isfinite(values)]
-        counts = np.bincount(np.searchsorted(self._upper, finite, side="left"), minlength=len(self._upper))
+        """Count every finite element of ``values`` (any shape) under ``label_value``.
+
+        Counts by comparison with every bound (``O(values × buckets)``) rather than ``np.searchsorted`` and
+        ``np.bincount``: those release the GIL on every call, however small, and on a server whose inference
+        threads hold it each call then waits up to the interpreter's switch interval to get it back.
+        """
+        finite = values[np.isfinite(values)].reshape(-1, 1)
+        at_most = (finite <= self._upper).sum(axis=0)
         total = float(finite.sum())
         with self._lock:
-            self._counts[label_value] = self._counts.get(label_value, 0) + counts
+            self._at_most[label_value] = self._at_most.get(label_value, 0) + at_most
             self._sums[label_value] = self._sums.get(label_value, 0.0) + total
 
     def describe(self) -> Iterable[Metric]:
@@ -57,9 +63,8 @@ class ArrayHistogram(Collector):
     def collect(self) -> Iterable[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
         with self._lock:
-            snapshot = {key: (counts.copy(), self._sums[key]) for key, counts in self._counts.items()}
-        for label_value, (counts, total) in sorted(snapshot.items()):
-            cumulative = np.cumsum(counts)
+            snapshot = {key: (counts.copy(), self._sums[key]) for key, counts in self._at_most.items()}
+        for label_value, (cumulative, total) in sorted(snapshot.items()):
             buckets = [
                 ("+Inf" if upper == math.inf else repr(float(upper)), float(count))
                 for upper, count in zip(self._upper, cumulative, strict=True)
