@@ -28,11 +28,7 @@ lint: install
 # The main job: train the demo model unless the repository already has a version, then serve the
 # repository on 127.0.0.1:8000 until Ctrl-C.
 demo: install
-	@if ls models/demo/*/model.onnx >/dev/null 2>&1; then \
-		echo "models/demo already has a published version: $$(ls models/demo | sort -n | tail -1)"; \
-	else \
-		$(BIN)/covserve-train fit --config configs/demo.yaml; \
-	fi
+	$(BIN)/covserve-train fit --config configs/demo.yaml --skip-if-published
 	$(BIN)/covserve-serve --repository models --host 127.0.0.1 --port 8000
 
 bench: install

@@ -458,8 +458,7 @@ def _covserve_arguments(repository: Path, device: str) -> list[str]:
         str(SERVER_WORKERS),
         "--device",
         device,
-        "--access-log",
-        "false",
+        "--no-access-log",
     ]
 
 
@@ -629,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Model: {IN_DIM} inputs → {OUT_DIM} targets, {KIND} parameterisation, width {WIDTH}, depth {DEPTH}. "
         f"Server: `python -m covserve.service --threads {SERVER_THREADS} --workers {SERVER_WORKERS} "
         f"--device {args.device} "
-        f"--access-log false` in its own process on {HOST} (the echo runs with uvicorn's `--no-access-log`; "
+        f"--no-access-log` in its own process on {HOST} (the echo runs with uvicorn's `--no-access-log`; "
         "the last section measures the access log's cost). Load: asyncio streams with pre-encoded HTTP/1.1 "
         "requests, closed loop, "
         f"one keep-alive connection per caller, {seconds:g} s per cell after a "
@@ -659,7 +658,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             *_covserve_arguments(directory / "models", args.device),
             *BATCHING["on"],
             "--access-log",
-            "true",
         ]
         with _server(arguments, directory / "covserve-access-log.log") as server:
             logged = _measure(server, loads[0], top, seconds)
@@ -693,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines += [
         "## Cost of the access log",
         "",
-        "Batching on, with `--access-log true` (one JSON line per request, written to a file): "
+        "Batching on, with `--access-log` (one JSON line per request, written to a file): "
         f"{logged.requests_per_second / unlogged.requests_per_second:.2f} × the requests/s of the same cell "
         f"without it, {logged.server_ms_per_request - unlogged.server_ms_per_request:+.2f} ms of server CPU "
         "per request.",

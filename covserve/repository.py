@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -44,6 +45,7 @@ __all__ = [
     "TrainingInputs",
     "check_interface",
     "is_version_name",
+    "latest_published",
     "metadata_bytes",
     "output_shapes",
     "read_metadata",
@@ -219,6 +221,21 @@ def output_shapes(out_dim: int) -> dict[str, list[int]]:
 def is_version_name(name: str) -> bool:
     """Whether a directory name is a version (a decimal integer); readers ignore every other name."""
     return name.isascii() and name.isdigit()
+
+
+def latest_published(model_dir: Path) -> ModelMetadata | None:
+    """``model.json`` of the highest version in ``model_dir`` meeting the contract; ``None`` if none does
+    (or ``model_dir`` does not exist)."""
+    try:
+        names = [name for name in os.listdir(model_dir) if is_version_name(name)]
+    except OSError:
+        return None
+    for name in sorted(names, key=int, reverse=True):
+        try:
+            return read_metadata(model_dir / name)
+        except ContractError:
+            continue
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,10 +63,116 @@ def test_fit_then_evaluate_a_named_csv(tmp_path: Path, capsys: pytest.CaptureFix
         assert (run / f"{plot}.png").stat().st_size > 1000
     capsys.readouterr()
 
-    assert main(["evaluate", str(version), *data]) == 0
+    assert main(["evaluate", str(version), *data, "--rows", "test"]) == 0
     printed = capsys.readouterr().out
     nll = float(printed.split("nll ")[1].split()[0])
     assert nll == pytest.approx(report["test_metrics"]["nll"], rel=1e-3)
+    assert f"the test split, {report['data']['split_sizes']['test']} rows" in printed
+
+    assert main(["evaluate", str(version), "--data", str(csv)]) == 0  # the model's columns, every row
+    printed = capsys.readouterr().out
+    assert f"every row, {sum(report['data']['split_sizes'].values())} rows" in printed
+
+
+def test_fit_says_what_it_kept_and_reports_the_process_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--samples", "400", "--epochs", "3", *TINY, *_output_flags(tmp_path)]
+    assert main(["fit", *flags]) == 0
+    printed = capsys.readouterr().out
+    (run,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    assert "training ran all 3 epochs" in printed
+    assert f"kept epoch {report['best_epoch']}, the best on the validation rows" in printed
+    assert f"covariance calibration factor {report['covariance_calibration']:.4g}" in printed
+    assert report["process_peak_rss_mib"] > 100  # torch alone is larger; the old figure was RSS growth
+    assert report["training_memory_growth_mib"] < report["process_peak_rss_mib"]
+    assert (run / "correlations.png").stat().st_size > 1000  # 4 targets: a heatmap, not ellipses
+
+
+@pytest.fixture(scope="module")
+def plant_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(plant.csv, models/plant/1)``: a 2-epoch model on temperature, pressure → yield_a, yield_b."""
+    root = tmp_path_factory.mktemp("plant")
+    csv = _plant_csv(root / "plant.csv")
+    data = ["--data", str(csv), "--inputs", "temperature,pressure", "--targets", "yield_a,yield_b"]
+    assert main(["fit", *data, "--epochs", "2", *TINY, *_output_flags(root)]) == 0
+    return csv, root / "models" / "plant" / "1"
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (
+            ["--inputs", "pressure,temperature", "--targets", "yield_a,yield_b"],
+            r"--inputs: the model in .* takes \['temperature', 'pressure'\], "
+            r"got \['pressure', 'temperature'\] \(in another order\); "
+            r"select them with --inputs temperature,pressure",
+        ),
+        (
+            ["--inputs", "temperature,pressure", "--targets", "yield_b,yield_a"],
+            r"--targets: .* takes \['yield_a', 'yield_b'\], got \['yield_b', 'yield_a'\] "
+            r"\(in another order\)",
+        ),
+        (
+            ["--inputs", "temperature,yield_b", "--targets", "yield_a,pressure"],
+            r"--inputs: .* \(other columns\)",
+        ),
+    ],
+)
+def test_evaluate_refuses_columns_in_another_order_than_the_models(
+    plant_model: tuple[Path, Path], columns: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv, version = plant_model
+    assert main(["evaluate", str(version), "--data", str(csv), *columns]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_new_version_with_other_columns_is_refused_before_any_run_folder(
+    plant_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv, version = plant_model
+    repository = version.parent.parent
+    runs = tmp_path / "runs"
+    flags = ["--epochs", "1", *TINY, "--repository", str(repository), "--run-dir", str(runs)]
+    swapped = ["--data", str(csv), "--inputs", "temperature", "--targets", "yield_a,yield_b"]
+    assert main(["fit", *swapped, *flags]) == 2
+    error = capsys.readouterr().err
+    assert "has other columns than this run (inputs ['temperature', 'pressure'] → ['temperature'])" in error
+    assert "--allow-schema-change" in error
+    assert not runs.exists()
+    assert sorted(path.name for path in version.parent.iterdir()) == ["1"]
+    assert main(["fit", *swapped, *flags, "--allow-schema-change"]) == 0
+    assert sorted(path.name for path in version.parent.iterdir()) == ["1", "2"]
+
+
+def test_skip_if_published_trains_only_into_an_empty_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["fit", "--samples", "400", "--epochs", "1", *TINY, *_output_flags(tmp_path)]
+    flags.append("--skip-if-published")
+    assert main(flags) == 0
+    capsys.readouterr()
+    assert main(flags) == 0
+    assert "already has version 1; not training (--skip-if-published)" in capsys.readouterr().out
+    assert [path.name for path in (tmp_path / "models" / "synthetic").iterdir()] == ["1"]
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_on_off_options_are_switches_and_the_old_spelling_still_parses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["fit", "--samples", "400", "--epochs", "1", *TINY, *_output_flags(tmp_path)]
+    assert main([*flags, "--calibrate", "no"]) == 0
+    assert "'--calibrate no' is deprecated, use '--no-calibrate'" in capsys.readouterr().err
+    assert main([*flags, "--no-calibrate"]) == 0
+    reports = [json.loads((run / "report.json").read_text()) for run in sorted((tmp_path / "runs").iterdir())]
+    assert [report["covariance_calibration"] for report in reports] == [1.0, 1.0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage_error:
+        main(["fit", "--calibrate", "maybe"])
+    assert usage_error.value.code == 2
+    assert "unrecognized arguments: maybe" in capsys.readouterr().err
 
 
 def test_export_republishes_a_checkpoint_as_the_next_version(tmp_path: Path) -> None:
@@ -252,13 +359,18 @@ def test_every_configuration_field_is_a_flag_whose_help_shows_its_default(
                 value, (DataConfig, TrainConfig, ModelConfig)
             ):
                 continue
-            flag = f"--{name.replace('_', '-')} {name.upper()}"
+            option = f"--{name.replace('_', '-')}"
+            flag = f"{option}, --no-{option[2:]}" if isinstance(value, bool) else f"{option} {name.upper()}"
             assert flag in text, flag
-            if value is not None and value != [] and not isinstance(value, bool):
+            if (section, name) == ("run", "name"):
+                assert "(unset: from --data" in text.rsplit(flag, 1)[1], flag  # derived, not a constant
+            elif value not in (None, [], ""):
                 shown = value.value if hasattr(value, "value") else value
+                if isinstance(value, bool):
+                    shown = "on" if value else "off"
                 after = text.rsplit(flag, 1)[1].split(" --", 1)[0]  # its help, not the usage line
                 assert f"(default {shown})" in after, (flag, after)
-    assert "(default yes)" in text.rsplit("--calibrate CALIBRATE", 1)[1].split(" --", 1)[0]
+    assert "(default on)" in text.rsplit("--calibrate, --no-calibrate", 1)[1].split(" --", 1)[0]
 
 
 @pytest.mark.parametrize(
@@ -276,7 +388,7 @@ def test_model_json_records_the_method_and_label_scheme(
 ) -> None:
     run = ["fit", "--samples", "400", "--epochs", "2", "--neighbours", "16", *TINY, *_output_flags(tmp_path)]
     assert main([*run, *flags]) == 0
-    metadata = json.loads((tmp_path / "models" / "demo" / "1" / "model.json").read_text())
+    metadata = json.loads((tmp_path / "models" / "synthetic" / "1" / "model.json").read_text())
     assert (metadata["method"], metadata["labels"], metadata["hybrid_epochs"]) == (
         method,
         labels,

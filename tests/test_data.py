@@ -190,7 +190,10 @@ def test_sentinel_empty_and_nan_rows_are_dropped_and_counted(tmp_path: Path) -> 
     path = write_csv(tmp_path / "gaps.csv", ["a", "b", "y"], rows)
     table, description = load_table(config(path, targets=["y"], missing_value=-999))
     assert len(table) == 15
-    assert "dropped 5 of 20 rows with a missing value (empty, NaN, infinite, -999)" in description
+    assert (
+        "dropped 5 of 20 rows with a missing value "
+        "(empty, 'n/a', 'na', 'nan', 'none', 'null', infinite, -999)" in description
+    )
     np.testing.assert_array_equal(table.inputs[:, 0], [0, 2, 3, 5, 6, 8, 10, 12, 13, 14, 15, 16, 17, 18, 19])
     assert np.isfinite(table.inputs).all()
 
@@ -231,9 +234,13 @@ def small_csv(tmp_path: Path) -> Path:
         ({"targets": ["y"], "inputs": ["c:a"]}, r"--inputs range 'c:a' runs backwards"),
         (
             {"targets": ["y"]},
-            r"columns of .*small\.csv are not numeric: 'kind' \(e\.g\. 'even', 'odd'\).*--exclude kind",
+            r"columns of .*small\.csv are not numeric: 'kind': 12 cells such as 'even', 'odd' "
+            r"\(data rows 1, 2, 3, …\)\. Drop the inputs with --exclude kind, or mark missing values",
         ),
-        ({"targets": ["kind"], "inputs": ["a"]}, r"not numeric: 'kind'.*--exclude kind"),
+        (
+            {"targets": ["kind"], "inputs": ["a"]},
+            r"not numeric: 'kind': 12 cells .*\. Choose --targets without 'kind', or mark missing values",
+        ),
         (
             {"targets": ["y"], "inputs": ["a", "kind"], "exclude": ["kind"]},
             r"--inputs selects \['kind'\].*--exclude",
@@ -448,7 +455,30 @@ def test_tictac_turns_a_constant_column_into_zeros(tmp_path: Path) -> None:
         )
     )
     np.testing.assert_array_equal(columns["flat"], 0.0)
-    assert "constant columns became 0: flat" in split.description
+    assert "constant columns (std at most 1e-09 of their largest value) became 0: flat" in split.description
+
+
+def test_tictac_names_a_column_of_one_value_whose_float_std_is_not_zero(tmp_path: Path) -> None:
+    """0.1 repeated has a float64 standard deviation of about 1e-17, not 0: still constant, still named."""
+    rows = [[str(i), "0.1", str(i * i), str(-i)] for i in range(13)]
+    assert np.std(np.full(13, 0.1)) > 0.0
+    path = write_csv(tmp_path / "flat.csv", ["a", "flat", "b", "y"], rows)
+    split = load_split(config(path, targets=["b", "y"], protocol="tictac"))
+    names = split.train.input_names + split.train.target_names
+    flat = np.hstack([split.train.inputs, split.train.targets])[:, names.index("flat")]
+    np.testing.assert_array_equal(flat, 0.0)
+    assert "became 0: flat" in split.description
+
+
+def test_a_mixed_column_names_both_fixes_and_a_blank_header_is_named(tmp_path: Path) -> None:
+    rows = [[str(i), str(i % 3), "bad" if i in (2, 5) else str(i), str(i)] for i in range(12)]
+    path = write_csv(tmp_path / "mixed.csv", ["a", "", "t", "y"], rows)
+    with pytest.raises(UsageError) as error:
+        load_split(config(path, inputs=["a", "c1"], targets=["t", "y"]))
+    assert "'t': 2 cells such as 'bad' (data rows 3, 6)" in str(error.value)
+    assert "--exclude" not in str(error.value)
+    _, description = load_table(config(path, inputs=["a", "c1"], targets=["y"], exclude=["t"]))
+    assert "1 column(s) with a blank header, named by position: c1" in description
 
 
 def test_linearly_dependent_targets_are_named_in_the_description(tmp_path: Path) -> None:

@@ -161,3 +161,20 @@ def test_modules_do_not_import_what_they_do_not_need(module: str, absent: tuple[
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["fit", "--help"], ["fit", "--data", "absent.csv"], ["evaluate", "--help"]],
+)
+def test_help_and_usage_errors_answer_without_importing_torch(argv: list[str], tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom covserve.training.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "loaded = sorted({'torch', 'onnx', 'onnxruntime', 'matplotlib', 'scipy'} & set(sys.modules))\n"
+        "assert not loaded, f'imported {loaded}'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr

@@ -19,10 +19,14 @@ from scipy import stats
 from covserve.training.plots import (
     MAX_POINTS,
     calibration_curve,
+    correlation_heatmap,
     covariance_ellipses,
     ellipse_parameters,
     learning_curves,
+    mean_correlation,
+    metric_title,
     predicted_vs_true,
+    y_scale,
 )
 
 FloatArray = NDArray[np.float64]
@@ -346,3 +350,75 @@ def test_ellipse_parameters_clips_tiny_negative_eigenvalue() -> None:
 def test_ellipse_parameters_rejects_bad_argument(call: Callable[[], object], argument: str) -> None:
     with pytest.raises(ValueError, match=rf"^{argument}: "):
         call()
+
+
+def test_learning_curves_marks_the_kept_epoch_under_a_title(tmp_path: Path) -> None:
+    path = learning_curves(_history(), tmp_path / "curves.png", kept_epoch=2, title="run 1: 5 epochs")
+    _assert_png(path)
+
+
+@pytest.mark.parametrize(
+    ("values", "scale"),
+    [
+        ([0.52, 0.50, 0.47], "linear"),
+        ([2.2, 2.1, 2.0], "linear"),
+        ([1.0, 0.1, 0.001], "log"),
+        ([-1.0, 5.0, 500.0], "linear"),
+        ([1.0, 100.0], "linear"),
+    ],
+)
+def test_y_scale_is_log_only_for_positive_values_spanning_decades(values: list[float], scale: str) -> None:
+    assert y_scale(np.array(values)) == scale
+
+
+@pytest.mark.parametrize(
+    ("key", "title"),
+    [("val_nll", "validation nll"), ("val_energy_score", "validation energy score"), ("odd_key", "odd key")],
+)
+def test_metric_title_reads_as_words(key: str, title: str) -> None:
+    assert metric_title(key) == title
+
+
+def _spd(samples: int, dims: int, seed: int) -> FloatArray:
+    factor = np.random.default_rng(seed).normal(size=(samples, dims, dims))
+    covariance: FloatArray = factor @ np.swapaxes(factor, -1, -2) + 0.1 * np.eye(dims)
+    return covariance
+
+
+def test_mean_correlation_equals_the_naive_loop() -> None:
+    covariance = _spd(7, 4, seed=5)
+    naive = np.zeros((4, 4))
+    for sample in covariance:
+        for row in range(4):
+            for column in range(4):
+                scale = math.sqrt(sample[row, row] * sample[column, column])
+                naive[row, column] += sample[row, column] / scale
+    np.testing.assert_allclose(mean_correlation(covariance), naive / 7, rtol=EXACT_RTOL)
+    np.testing.assert_allclose(np.diagonal(mean_correlation(covariance)), 1.0, rtol=EXACT_RTOL)
+
+
+def test_correlation_heatmap_writes_png_with_and_without_the_truth(tmp_path: Path) -> None:
+    names = ["a", "b", "c", "d"]
+    alone = correlation_heatmap(_spd(30, 4, seed=1), names, tmp_path / "alone" / "c.png", title="test split")
+    _assert_png(alone)
+    both = correlation_heatmap(
+        _spd(30, 4, seed=1), names, tmp_path / "both" / "c.png", true_covariance=_spd(30, 4, seed=2)
+    )
+    _assert_png(both)
+    assert matplotlib.image.imread(both).shape[1] > matplotlib.image.imread(alone).shape[1]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda path: correlation_heatmap(np.zeros((3, 3, 3)), ["a", "b", "c"], path), "non-positive"),
+        (lambda path: correlation_heatmap(_spd(3, 3, seed=0), ["a", "b"], path), "target_names"),
+        (lambda path: correlation_heatmap(np.ones((3, 3)), ["a", "b", "c"], path), "covariance"),
+    ],
+)
+def test_correlation_heatmap_rejects_bad_argument(
+    call: Callable[[Path], object], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -325,3 +326,68 @@ def test_openapi_documents_the_bodies_with_valid_examples(server: str) -> None:
             model.model_validate(example["value"])
         assert "413" in document["paths"][path]["post"]["responses"]
     assert httpx.get(f"{server}/docs").status_code == 200
+
+
+def test_inputs_may_name_their_columns_and_a_wrong_order_is_refused(server: str) -> None:
+    rows = [[0.5, -1.0], [2.0, 3.0]]
+    named = httpx.post(f"{server}/v1/models/beta/predict", json={"inputs": rows, "columns": ["x0", "x1"]})
+    plain = httpx.post(f"{server}/v1/models/beta/predict", json={"inputs": rows})
+    assert named.status_code == 200, named.text
+    assert named.json()["outputs"] == plain.json()["outputs"]
+    swapped = httpx.post(f"{server}/v1/models/beta/predict", json={"inputs": rows, "columns": ["x1", "x0"]})
+    assert swapped.status_code == 400
+    assert swapped.json() == {
+        "error": "columns: the model's inputs are ['x0', 'x1'] in this order, got ['x1', 'x0']"
+    }
+    instances = httpx.post(
+        f"{server}/v1/models/beta/predict", json={"instances": [{"x0": 1, "x1": 2}], "columns": ["x0", "x1"]}
+    )
+    assert instances.status_code == 400
+    assert "'instances' rows name their own" in instances.json()["error"]
+
+
+def test_an_empty_repository_is_not_ready_and_says_why(tmp_path: Path) -> None:
+    with in_process_client(Settings(repository=tmp_path, threads=1)) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        answered = client.get("/v2/health/ready")
+    assert answered.status_code == 503
+    reason = f"the model repository {tmp_path} holds no model versions (models/<name>/<version>/)"
+    assert answered.json() == {"error": f"not ready: {reason}"}
+
+
+def test_a_model_with_no_loadable_version_makes_the_server_not_ready(
+    served_repository: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    shutil.copytree(served_repository / "alpha", repository / "alpha")
+    (repository / "gamma" / "1").mkdir(parents=True)
+    (repository / "gamma" / "1" / "model.json").write_text("{", encoding="utf-8")
+    with in_process_client(Settings(repository=repository, threads=1)) as client:
+        answered = client.get("/v2/health/ready")
+        assert client.post("/v1/models/alpha/predict", json={"inputs": [[0, 0, 0]]}).status_code == 200
+    assert answered.status_code == 503
+    reason = answered.json()["error"]
+    assert reason.startswith("not ready: not every model in the repository loaded: ")
+    assert "gamma" in reason
+
+
+def test_a_missing_repository_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    result = subprocess.run(
+        [SERVE, "--repository", str(missing), "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"covserve-serve: error: --repository {missing}: no such directory "
+        "(train a model into it first, e.g. covserve-train fit --config configs/demo.yaml)"
+    ]
+
+
+def test_serve_help_shows_every_default_and_api_keys_is_a_flag() -> None:
+    result = subprocess.run([SERVE, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    flat = " ".join(result.stdout.split())
+    assert "--api-keys API_KEYS" in flat
+    assert "--access-log, --no-access-log" in flat
+    assert "(default 8000)" in flat
+    assert "(default on)" in flat

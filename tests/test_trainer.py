@@ -236,3 +236,10 @@ def test_the_w2_bound_trains_on_cuda_with_labels_computed_on_the_gpu(tmp_path: P
     result = train(split, config, ModelConfig(width=8, depth=1), run_dir=tmp_path, progress=False)
     assert result.device.startswith("cuda")
     assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_a_column_of_one_large_value_is_not_standardised_into_noise() -> None:
+    values = np.column_stack([np.arange(20.0), np.full(20, 1e6 + 0.1)])
+    assert np.std(values[:, 1]) > 1e-12  # the absolute floor alone would divide noise by noise
+    stats = Standardisation.fit(values, values)
+    np.testing.assert_array_equal(stats.input_std[1], 1.0)

@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(plane.models.refresh)
+        reason = plane.models.unready_reason()
+        if reason is not None:
+            LOGGER.warning("not ready: %s", reason)
         poller = (
             asyncio.create_task(_poll(plane.models, settings.poll_seconds)) if settings.poll_seconds else None
         )
@@ -99,9 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v2/health/ready", tags=["health"], summary="Readiness: every model loaded, warmed, not draining"
     )
     async def ready(plane: DataPlaneDependency) -> Response:
-        if plane.models.ready and not plane.models.draining:
+        reason = plane.models.unready_reason()
+        if reason is None:
             return Response(status_code=200)
-        return error_response(503, "not ready: models are loading or the server is draining")
+        return error_response(503, f"not ready: {reason}")
 
     @app.get("/v2", tags=["health"], summary="Server metadata")
     async def server_metadata() -> Response:

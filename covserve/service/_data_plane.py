@@ -148,6 +148,10 @@ class DataPlane:
                     )
                 rows.append([instance[name] for name in names])
         else:
+            if request.columns is not None and tuple(request.columns) != tuple(names):
+                raise InvalidRequestError(
+                    f"columns: the model's inputs are {list(names)} in this order, got {request.columns}"
+                )
             rows = request.inputs or []
         if not rows:
             raise InvalidRequestError("inputs: expected at least one row, got none")

@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from covserve.service._errors import InvalidRequestError, NotFoundError
 from covserve.service._metrics import ServiceMetrics
@@ -77,6 +78,31 @@ class ServedModels:
             self.ready = True
             return problems
 
+    def unready_reason(self) -> str | None:
+        """Why the server is not ready, or ``None`` when it is.
+
+        Ready means: the first scan finished, the server is not draining, and every model found in the
+        repository has a loaded version, at least one in all. A broken version beside a loaded version of
+        the same model stays in ``problems`` (``GET /v1/models``) without unreadying the server, and a
+        model unloaded through the repository API does not count.
+        """
+        if not self.ready:
+            return "models are loading"
+        if self.draining:
+            return "the server is draining"
+        root = Path(self._settings.repository)
+        failed = [
+            problem
+            for problem in self.problems
+            if problem.path == root or _model_of(problem, root) not in {*self.versions, *self.unloaded}
+        ]
+        if failed:
+            more = f" (and {len(failed) - 1} more: GET /v1/models)" if len(failed) > 1 else ""
+            return f"not every model in the repository loaded: {failed[0].reason}{more}"
+        if not self.versions and not self.unloaded:
+            return f"the model repository {root} holds no model versions (models/<name>/<version>/)"
+        return None
+
     def unload(self, name: str) -> None:
         """Stop serving ``name`` (:class:`NotFoundError` if it is not served); in-flight requests finish."""
         with self._lock:
@@ -109,6 +135,11 @@ class ServedModels:
         for name in sorted(snapshot):
             for version in sorted(snapshot[name]):
                 yield snapshot[name][version]
+
+
+def _model_of(problem: Problem, root: Path) -> str:
+    """The model name a problem belongs to (its model directory or its version's parent)."""
+    return problem.path.name if problem.path.parent == root else problem.path.parent.name
 
 
 def _version_number(text: str) -> int:

@@ -45,6 +45,10 @@ class RowsRequest(BaseModel):
 
     inputs: list[list[float]] | None = Field(default=None, description="rows of raw-unit features")
     instances: list[dict[str, float]] | None = Field(default=None, description="rows as {feature: value}")
+    columns: list[str] | None = Field(
+        default=None,
+        description="with 'inputs': the feature name of each column, checked against the model's order",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RowsRequest:
@@ -52,6 +56,8 @@ class RowsRequest(BaseModel):
             raise ValueError(
                 "give exactly one of 'inputs' (rows of numbers) or 'instances' (rows of {feature: value})"
             )
+        if self.columns is not None and self.inputs is None:
+            raise ValueError("'columns' names the columns of 'inputs'; 'instances' rows name their own")
         return self
 
 

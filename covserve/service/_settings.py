@@ -39,14 +39,17 @@ class Settings(BaseSettings):
         description="dynamic batching: longest wait for more requests, in ms (0: batching off)",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, repr=False, description="comma-separated bearer tokens; empty disables auth"
+        default_factory=list,
+        repr=False,
+        description="comma-separated bearer tokens; none disables auth (on a command line they show in the "
+        "process list: prefer --api-key-file or COVSERVE_API_KEYS)",
     )
     api_key_file: Path | None = Field(
         default=None, description="file of bearer tokens, one per line (# comments); adds to --api-keys"
     )
     protect_metrics: bool = Field(default=False, description="require a key on /metrics too")
     access_log: bool = Field(
-        default=True, description="one JSON line per request on the covserve.access logger (false: off)"
+        default=True, description="one JSON line per request on the covserve.access logger"
     )
     opentelemetry: bool = Field(
         default=False,

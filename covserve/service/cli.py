@@ -14,6 +14,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from covserve import __version__
+from covserve._flags import add_switch, help_with_default, rewrite_deprecated_switches
 from covserve.service._app import create_app
 from covserve.service._data_plane import of_app
 from covserve.service._registry import ServedModels
@@ -36,15 +37,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"covserve {__version__}")
     for name, field in Settings.model_fields.items():
-        if name == "api_keys":
-            continue
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+        flag = f"--{name.replace('_', '-')}"
+        text = help_with_default(field.description, field.get_default(call_default_factory=True))
+        if field.annotation is bool:
+            add_switch(parser, flag, name, text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=text)
     return parser
+
+
+def _switch_flags() -> list[str]:
+    return [
+        f"--{name.replace('_', '-')}"
+        for name, field in Settings.model_fields.items()
+        if field.annotation is bool
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load the repository and serve until interrupted; returns the exit code."""
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(rewrite_deprecated_switches(given, _switch_flags(), PROG))
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:
         settings = Settings(**overrides)
@@ -52,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = error.errors()[0]
         flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "flags"
         print(f"{PROG}: error: {flag}: {first['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.repository.is_dir():
+        print(
+            f"{PROG}: error: --repository {settings.repository}: no such directory "
+            "(train a model into it first, e.g. covserve-train fit --config configs/demo.yaml)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if settings.device is Device.CUDA and CUDA_PROVIDER not in onnxruntime.get_available_providers():
         print(

@@ -1,20 +1,29 @@
 """covserve training: the covariance core (parameterisations, losses, pseudo-labels, metrics) in PyTorch.
 
 The public surface is re-exported here; ``covserve.training.metrics`` (numpy) and
-``covserve.training.synthetic`` (data generators) are imported as modules.
+``covserve.training.synthetic`` (data generators) are imported as modules. Names that need torch load on
+first use, so importing ``covserve.training.cli`` or ``covserve.training.config`` does not import torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from covserve import __version__
-from covserve.training.covariance import (
-    CovarianceKind,
-    FactoredCovariance,
-    Parameterisation,
-    TaylorTerms,
-    make_parameterisation,
-    taylor_terms,
-)
-from covserve.training.losses import LossName, LossSpec, get_loss
-from covserve.training.pseudolabels import LabelScheme, PseudoLabels, compute_pseudo_labels
+from covserve.training.options import LabelScheme, LossName
+
+if TYPE_CHECKING:
+    from covserve.training.covariance import (
+        CovarianceKind,
+        FactoredCovariance,
+        Parameterisation,
+        TaylorTerms,
+        make_parameterisation,
+        taylor_terms,
+    )
+    from covserve.training.losses import LossSpec, get_loss
+    from covserve.training.pseudolabels import PseudoLabels, compute_pseudo_labels
 
 __all__ = [
     "CovarianceKind",
@@ -31,3 +40,31 @@ __all__ = [
     "make_parameterisation",
     "taylor_terms",
 ]
+
+_TORCH_NAMES = {
+    "covserve.training.covariance": (
+        "CovarianceKind",
+        "FactoredCovariance",
+        "Parameterisation",
+        "TaylorTerms",
+        "make_parameterisation",
+        "taylor_terms",
+    ),
+    "covserve.training.losses": ("LossSpec", "get_loss"),
+    "covserve.training.pseudolabels": ("PseudoLabels", "compute_pseudo_labels"),
+}
+_MODULE_OF = {name: module for module, names in _TORCH_NAMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-backed public names, imported from their module on first use (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

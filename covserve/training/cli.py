@@ -1,8 +1,4 @@
-"""``covserve-train``: fit, compare, evaluate and export models of input-dependent full covariance.
-
-Exit codes: 0 success, 2 a usage or data error (the message names the file, column or flag), 3 training
-diverged, 4 the export failed its own verification, 130 interrupted (resumable with ``--resume``).
-"""
+"""``covserve-train``: the command line of :data:`DESCRIPTION`, with the exit codes of :data:`EXIT_CODES`."""
 
 from __future__ import annotations
 
@@ -17,23 +13,26 @@ from typing import Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from covserve._flags import add_switch, help_with_default, rewrite_deprecated_switches
 from covserve.training import __version__
 from covserve.training.config import ModelConfig, RunConfig, TrainConfig, load_config, parse_method
-from covserve.training.data import DataConfig, load_split
-from covserve.training.errors import UsageError
-from covserve.training.evaluate import evaluate_model
-from covserve.training.export import ExportError, read_published
-from covserve.training.pipeline import compare, fit, load_fit_split, republish, start_run
-from covserve.training.runs import RunDirectory
-from covserve.training.trainer import (
+from covserve.training.data import DataConfig
+from covserve.training.errors import (
+    ExportError,
     TrainingDivergedError,
     TrainingInterruptedError,
-    load_checkpoint,
+    UsageError,
 )
 
 __all__ = ["main"]
 
 PROG = "covserve-train"
+DESCRIPTION = "Fit, compare, evaluate and export models of input-dependent full covariance."
+EXIT_CODES = (
+    "exit codes: 0 success, 2 a usage or data error (the message names the file, column or flag), "
+    "3 training diverged, 4 the export failed its own verification, 130 interrupted (resume with --resume)"
+)
+EVALUATE_ALL_ROWS, EVALUATE_TEST_ROWS = "all", "test"
 DEFAULT_COMPARE_METHODS = "w2-bound,nll,faithful,beta-nll,nll-tic"
 EXIT_USAGE, EXIT_DIVERGED, EXIT_EXPORT, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -77,53 +76,75 @@ def _flag_type(annotation: object) -> Callable[[str], object]:
     return str
 
 
-def _flag_help(field: FieldInfo) -> str:
-    """The field's description with its default (argparse %-formats help, so ``%`` is doubled)."""
-    text = field.description or ""
-    default = field.get_default(call_default_factory=True)
-    if isinstance(default, Enum):
-        default = default.value
-    elif isinstance(default, bool):
-        default = "yes" if default else "no"
-    if default is not None and default != []:
-        text = f"{text} (default {default})"
-    return text.replace("%", "%%")
+def _is_switch(field: FieldInfo) -> bool:
+    return field.annotation is bool
 
 
-def _add_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+def _add_flags(
+    parser: argparse.ArgumentParser, sections: tuple[str, ...], omit: frozenset[str] = frozenset()
+) -> None:
+    """One flag per field of the configuration ``sections``, except the fields named in ``omit``."""
     for section, model, title, excluded in _FLAG_SECTIONS:
         if section not in sections:
             continue
         group = parser.add_argument_group(title)
         for name, field in model.model_fields.items():
-            if name not in excluded:
+            if name not in excluded and name not in omit:
                 flag = f"--{name.replace('_', '-')}"
-                kind = _flag_type(field.annotation)
-                group.add_argument(flag, dest=name, type=kind, default=None, help=_flag_help(field))
+                text = help_with_default(field.description, field.get_default(call_default_factory=True))
+                if _is_switch(field):
+                    add_switch(group, flag, name, text)
+                else:
+                    group.add_argument(
+                        flag, dest=name, type=_flag_type(field.annotation), default=None, help=text
+                    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"covserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def training_command(name: str, text: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=text, description=text)
+    def training_command(name: str, text: str, omit: frozenset[str] = frozenset()) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=text, description=text, epilog=EXIT_CODES)
         command.add_argument(
             "--config", type=Path, default=None, help="YAML run configuration (flags override)"
         )
-        command.add_argument("--no-progress", action="store_true", help="no progress bars")
-        _add_flags(command, ("data", "train", "model", "run"))
+        add_switch(
+            command, "--progress", "progress", "progress bars (default: only when stderr is a terminal)"
+        )
+        _add_flags(command, ("data", "train", "model", "run"), omit)
         return command
 
     fit = training_command("fit", "train, evaluate on the test split, export to the repository")
     fit.add_argument("--resume", type=Path, default=None, help="run directory (or checkpoint) to continue")
-    compare = training_command("compare", "train several methods on identical splits and initial weights")
+    fit.add_argument(
+        "--skip-if-published",
+        action="store_true",
+        help="exit 0 without training when the repository already has a version of the model "
+        "(what `make demo` and the training image do)",
+    )
+    compare = training_command(
+        "compare", "train several methods on identical splits and initial weights", frozenset({"method"})
+    )
     compare.add_argument("--methods", default=DEFAULT_COMPARE_METHODS, help="comma-separated losses")
     compare.add_argument("--trials", type=int, default=3, help="repetitions with seeds seed..seed+K-1")
-    evaluate = commands.add_parser("evaluate", help="evaluate a published model through ONNX Runtime")
+    evaluate_text = (
+        "score a published model through ONNX Runtime on a data set; its columns are the model's "
+        "(model.json) unless --inputs/--targets say otherwise"
+    )
+    evaluate = commands.add_parser(
+        "evaluate", help=evaluate_text, description=evaluate_text, epilog=EXIT_CODES
+    )
     evaluate.add_argument("model", type=Path, help="models/<name>/<version>")
     evaluate.add_argument("--config", type=Path, default=None, help="YAML run configuration (data section)")
+    evaluate.add_argument(
+        "--rows",
+        choices=(EVALUATE_ALL_ROWS, EVALUATE_TEST_ROWS),
+        default=EVALUATE_ALL_ROWS,
+        help="score every row of the data (default) or only the test split that the data flags and seed "
+        "define, the rows fit held out",
+    )
     _add_flags(evaluate, ("data",))
     export = commands.add_parser("export", help="re-export a checkpoint to the repository")
     export.add_argument("checkpoint", type=Path, help="run directory or its checkpoint.pt")
@@ -140,16 +161,34 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     }
 
 
+# Each command imports what it runs (torch, ONNX Runtime, matplotlib take seconds to import), so ``--help``
+# and usage errors answer at once.
+
+
 def _fit(args: argparse.Namespace) -> int:
+    from covserve.training.data import load_split
+
+    resume = None
     if args.resume is not None:
+        from covserve.training.trainer import load_checkpoint
+
         resume = load_checkpoint(args.resume)
-        run = RunDirectory(args.resume if args.resume.is_dir() else args.resume.parent)
-        config = load_config(run.path / "config.yaml", {})
-        split = load_fit_split(config)
+        run_path = args.resume if args.resume.is_dir() else args.resume.parent
+        config = load_config(run_path / "config.yaml", {})
     else:
-        resume = None
         config = load_config(args.config, _overrides(args))
-        split = load_fit_split(config)
+        if args.skip_if_published and _report_published(config.repository / config.name):
+            return 0
+    split = load_split(config.data)  # a fresh fit's data errors answer here, before torch is imported
+
+    from covserve.training.pipeline import check_fit_split, check_publishable, fit, start_run
+    from covserve.training.runs import RunDirectory
+
+    check_fit_split(config, split)
+    if args.resume is not None:
+        run = RunDirectory(run_path)
+    else:
+        check_publishable(config, split)
         run = start_run(config)
     print(split.description)
     print(f"run directory: {run.path}")
@@ -158,11 +197,22 @@ def _fit(args: argparse.Namespace) -> int:
         summary = "  ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch")
         print(f"epoch {int(record['epoch'])}: {summary}", flush=True)
 
-    outcome = fit(config, split, run, resume=resume, progress=not args.no_progress, on_epoch=report_epoch)
+    outcome = fit(config, split, run, resume=resume, progress=_progress(args), on_epoch=report_epoch)
+    print(outcome.training_summary())
     _print_published(outcome.version)
     print(f"report: {outcome.report_path}")
     print("test: " + "  ".join(f"{key} {value:.4g}" for key, value in outcome.metrics.items()))
     return 0
+
+
+def _report_published(model_dir: Path) -> bool:
+    """Whether ``model_dir`` has a published version, saying which when it has."""
+    from covserve.repository import latest_published
+
+    latest = latest_published(model_dir)
+    if latest is not None:
+        print(f"{model_dir} already has version {latest.version}; not training (--skip-if-published)")
+    return latest is not None
 
 
 def _print_published(version: Path | None) -> None:
@@ -173,12 +223,14 @@ def _print_published(version: Path | None) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from covserve.training.pipeline import compare
+
     config = load_config(args.config, _overrides(args))
     try:
         methods = [parse_method(name.strip()) for name in str(args.methods).split(",") if name.strip()]
     except ValueError as error:
         raise UsageError(f"--methods {args.methods!r}: {error}") from None
-    run, comparison = compare(config, methods, args.trials, progress=not args.no_progress)
+    run, comparison = compare(config, methods, args.trials, progress=_progress(args))
     print(f"{len(methods)} methods × {args.trials} trials on {config.data.data}; mean ± std over trials")
     print(comparison.table())
     print(f"saved {run.path / 'compare.md'}")
@@ -186,26 +238,61 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from covserve.training.data import BUILTIN_NAMES, Protocol, load_split, load_table
+    from covserve.training.evaluate import evaluate_model
+    from covserve.training.export import read_published
+
     metadata = read_published(args.model)
     config = load_config(args.config, {"data": _overrides(args)["data"]})
-    split = load_split(config.data)
-    table = split.test
+    data = config.data
+    if data.data not in BUILTIN_NAMES and data.protocol is Protocol.HOLDOUT:
+        data = data.model_copy(
+            update={
+                "inputs": data.inputs or list(metadata.input_names),
+                "targets": data.targets or list(metadata.target_names),
+            }
+        )
+    if args.rows == EVALUATE_ALL_ROWS and data.protocol is Protocol.HOLDOUT:
+        table, _ = load_table(data)
+        which = "every row"
+    else:
+        table = load_split(data).test
+        which = "the test split" if data.protocol is Protocol.HOLDOUT else "the tictac protocol's rows"
     evaluation = evaluate_model(
         args.model,
         table.inputs,
         table.targets,
+        input_names=table.input_names,
+        target_names=table.target_names,
         true_mean=table.true_mean,
         true_covariance=table.true_covariance,
     )
-    print(f"{metadata.name} v{metadata.version} on {config.data.data} (test split, {len(table)} rows)")
+    print(f"{metadata.name} v{metadata.version} on {data.data} ({which}, {len(table)} rows)")
     print("  ".join(f"{key} {value:.4g}" for key, value in evaluation.metrics.items()))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    from covserve.training.pipeline import republish
+
     version = republish(args.checkpoint, args.name, args.repository)
     _print_published(version)
     return 0 if version is not None else EXIT_EXPORT
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """``--progress``/``--no-progress`` as given, else progress bars only on a terminal (never in logs)."""
+    return bool(args.progress) if args.progress is not None else sys.stderr.isatty()
+
+
+def _switch_flags() -> list[str]:
+    """Every ``--x`` switch of the run configuration, for :func:`rewrite_deprecated_switches`."""
+    return [
+        f"--{name.replace('_', '-')}"
+        for _, model, _, excluded in _FLAG_SECTIONS
+        for name, field in model.model_fields.items()
+        if name not in excluded and _is_switch(field)
+    ]
 
 
 _COMMANDS = {"fit": _fit, "compare": _compare, "evaluate": _evaluate, "export": _export}
@@ -213,7 +300,8 @@ _COMMANDS = {"fit": _fit, "compare": _compare, "evaluate": _evaluate, "export": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command and return the exit code; errors are one line, never a traceback."""
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(rewrite_deprecated_switches(given, _switch_flags(), PROG))
     try:
         return _COMMANDS[args.command](args)
     except UsageError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 
@@ -10,10 +11,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from covserve.training.data import DataConfig
 from covserve.training.errors import UsageError
-from covserve.training.losses import LossName
-from covserve.training.pseudolabels import DEFAULT_TEMPERATURE, LabelScheme, default_neighbours
+from covserve.training.options import DEFAULT_TEMPERATURE, LabelScheme, LossName, default_neighbours
 
-__all__ = ["Device", "Hybrid", "ModelConfig", "RunConfig", "TrainConfig", "load_config", "parse_method"]
+__all__ = [
+    "Device",
+    "Hybrid",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_config",
+    "model_name_of",
+    "parse_method",
+]
+
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+FALLBACK_MODEL_NAME = "model"
+"""The model name when nothing of ``--data`` is usable in a directory name."""
 
 
 class Device(str, Enum):
@@ -149,13 +162,34 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name in the repository"
+        default="",
+        pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]*)?$",
+        description="model name in the repository (unset: from --data, e.g. gt for gt.csv, energy for "
+        "uci:energy)",
     )
     repository: Path = Field(default=Path("models"), description="model repository")
     run_dir: Path = Field(default=Path("runs"), description="parent folder of run directories")
+    allow_schema_change: bool = Field(
+        default=False,
+        description="publish even when the inputs or targets differ from the model's latest version",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _name_from_data(self) -> RunConfig:
+        if not self.name:
+            self.name = model_name_of(self.data.data)
+        return self
+
+
+def model_name_of(data: str) -> str:
+    """The default model name for ``--data``: a file's stem, a UCI data set's name, a generator's name;
+    characters a directory name should not hold become ``-``."""
+    stem = data.removeprefix("uci:") if data.startswith("uci:") else Path(data).stem or data
+    name = NAME_UNSAFE.sub("-", stem).lstrip("-_.")
+    return name or FALLBACK_MODEL_NAME
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -1,8 +1,8 @@
-"""The one exception type the command line turns into a clean message and a non-zero exit code."""
+"""The exceptions the command line turns into one clean line and an exit code (importable without torch)."""
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+__all__ = ["ExportError", "TrainingDivergedError", "TrainingInterruptedError", "UsageError"]
 
 
 class UsageError(Exception):
@@ -10,3 +10,15 @@ class UsageError(Exception):
 
     ``covserve-train`` prints ``covserve-train: error: <message>`` and exits with status 2, no traceback.
     """
+
+
+class TrainingDivergedError(Exception):
+    """A non-finite loss; the message names the epoch, batch and method. The last good checkpoint stays."""
+
+
+class TrainingInterruptedError(Exception):
+    """Ctrl-C during training; the checkpoint of the last completed epoch is resumable."""
+
+
+class ExportError(Exception):
+    """The exported graph failed verification; nothing was published."""

@@ -7,6 +7,7 @@ Scores with :func:`covserve.training.metrics.compute_metrics`, as the trainer do
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from covserve.training.errors import UsageError
 from covserve.training.export import read_published
 from covserve.training.metrics import compute_metrics
 
-__all__ = ["PREDICT_CHUNK_ROWS", "Evaluation", "evaluate_model", "predict_onnx"]
+__all__ = ["PREDICT_CHUNK_ROWS", "Evaluation", "check_column_names", "evaluate_model", "predict_onnx"]
 
 _ORT_LOG_SEVERITY = 3
 """ONNX Runtime log lines from errors up."""
@@ -35,15 +36,19 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def predict_onnx(version_dir: Path, inputs: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def predict_onnx(
+    version_dir: Path, inputs: ArrayLike, *, input_names: Sequence[str] | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Predicted raw-unit ``mean`` ``(N, D)`` and ``covariance`` ``(N, D, D)`` of a published version.
 
     Runs ``version_dir/model.onnx`` (after :func:`~covserve.training.export.read_published` checked it) in
     ONNX Runtime on the CPU, :data:`PREDICT_CHUNK_ROWS` rows at a time. ``inputs`` ``(N, M)`` are raw
-    features in ``model.json``'s ``input_names`` order; raises :class:`UsageError` when their column count
-    is not the model's ``in_dim`` or a row is not finite.
+    features in ``model.json``'s ``input_names`` order; ``input_names``, when given, are checked against
+    it (:func:`check_column_names`). Raises :class:`UsageError` when the names or the column count are not
+    the model's or a row is not finite.
     """
     metadata = read_published(version_dir)
+    check_column_names(metadata, version_dir, input_names=input_names)
     return _predict(version_dir, metadata, _rows(inputs, "inputs", metadata.in_dim, version_dir))
 
 
@@ -52,6 +57,8 @@ def evaluate_model(
     inputs: ArrayLike,
     targets: ArrayLike,
     *,
+    input_names: Sequence[str] | None = None,
+    target_names: Sequence[str] | None = None,
     true_mean: ArrayLike | None = None,
     true_covariance: ArrayLike | None = None,
 ) -> Evaluation:
@@ -59,10 +66,13 @@ def evaluate_model(
     ``inputs`` ``(N, M)``.
 
     ``targets`` ``(N, D)`` are raw-unit targets in ``target_names`` order; ``true_mean`` ``(N, D)`` and
-    ``true_covariance`` ``(N, D, D)`` add the distances to the truth. Raises :class:`UsageError` when the
-    columns do not match the model, the row counts differ or a row is not finite.
+    ``true_covariance`` ``(N, D, D)`` add the distances to the truth. ``input_names`` and ``target_names``,
+    the columns' names when known, must be the model's, in its order (:func:`check_column_names`). Raises
+    :class:`UsageError` when the columns do not match the model, the row counts differ or a row is not
+    finite.
     """
     metadata = read_published(version_dir)
+    check_column_names(metadata, version_dir, input_names=input_names, target_names=target_names)
     features = _rows(inputs, "inputs", metadata.in_dim, version_dir)
     observed = _rows(targets, "targets", metadata.out_dim, version_dir)
     if len(observed) != len(features):
@@ -79,6 +89,31 @@ def evaluate_model(
             true_covariance=true_covariance,
         )
     )
+
+
+def check_column_names(
+    metadata: ModelMetadata,
+    version_dir: Path,
+    *,
+    input_names: Sequence[str] | None = None,
+    target_names: Sequence[str] | None = None,
+) -> None:
+    """Refuse columns named otherwise, or ordered otherwise, than ``model.json`` says; ``None`` skips a check.
+
+    The message names both orders and the flag that selects the model's: a model scored on permuted
+    columns gives a number, but a meaningless one.
+    """
+    for flag, given, expected in (
+        ("--inputs", input_names, metadata.input_names),
+        ("--targets", target_names, metadata.target_names),
+    ):
+        if given is None or tuple(given) == tuple(expected):
+            continue
+        how = "in another order" if sorted(given) == sorted(expected) else "other columns"
+        raise UsageError(
+            f"{flag}: the model in {version_dir} takes {list(expected)}, got {list(given)} ({how}); "
+            f"select them with {flag} {','.join(expected)}"
+        )
 
 
 def _rows(values: ArrayLike, name: str, columns: int, version_dir: Path) -> NDArray[np.float64]:

@@ -38,7 +38,7 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,12 +63,13 @@ from covserve.repository import (
     TrainingInputs,
     check_interface,
     is_version_name,
+    latest_published,
     metadata_bytes,
     output_shapes,
     read_metadata,
     session_options,
 )
-from covserve.training.errors import UsageError
+from covserve.training.errors import ExportError, UsageError
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -80,6 +81,7 @@ __all__ = [
     "PARITY_RTOL",
     "ExportError",
     "ModelCard",
+    "check_interface_unchanged",
     "export_model",
     "read_published",
 ]
@@ -108,10 +110,6 @@ _TIC_MESSAGE = (
     "of the mean network, which have no ONNX form); train with an exportable method such as "
     "--method w2-bound or --method nll to publish a model"
 )
-
-
-class ExportError(Exception):
-    """The exported graph failed verification; nothing was published."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +230,34 @@ def read_published(version_dir: Path) -> ModelMetadata:
         return read_metadata(version_dir, check_location=False)
     except ContractError as error:
         raise UsageError(error.reason) from None
+
+
+def check_interface_unchanged(
+    repository: Path, name: str, input_names: Sequence[str], target_names: Sequence[str]
+) -> None:
+    """Refuse a new version of ``name`` whose inputs or targets (names and order) differ from its latest
+    published version's: clients of ``name`` would get answers for other columns without a word.
+
+    Raises :class:`UsageError` naming both interfaces, the other name to choose and
+    ``--allow-schema-change``.
+    """
+    latest = latest_published(repository / name)
+    if latest is None:
+        return
+    differences = [
+        f"{kind} {list(before)} → {list(now)}"
+        for kind, before, now in (
+            ("inputs", latest.input_names, tuple(input_names)),
+            ("targets", latest.target_names, tuple(target_names)),
+        )
+        if tuple(before) != now
+    ]
+    if differences:
+        raise UsageError(
+            f"{repository / name / str(latest.version)} has other columns than this run "
+            f"({'; '.join(differences)}): choose another --name, or pass --allow-schema-change to publish "
+            f"it as the next version of {name!r} anyway"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- checks

@@ -39,12 +39,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import Tensor
 
 from covserve.training.covariance import CovarianceKind, FactoredCovariance
+from covserve.training.options import LossName
 from covserve.training.pseudolabels import PseudoLabels
 
 __all__ = [
@@ -70,20 +70,6 @@ DEFAULT_BETA = 0.5
 _LOG_TWO_PI = math.log(2.0 * math.pi)
 
 LossFunction = Callable[[Tensor, FactoredCovariance, Tensor, "PseudoLabels | None"], Tensor]
-
-
-class LossName(str, Enum):
-    """The registered losses; plain strings such as ``"w2-bound"`` are accepted wherever this is."""
-
-    MSE = "mse"
-    NLL = "nll"
-    DIAGONAL = "diagonal"
-    BETA_NLL = "beta-nll"
-    FAITHFUL = "faithful"
-    KL = "kl"
-    W2 = "w2"
-    W2_BOUND = "w2-bound"
-    NLL_TIC = "nll-tic"
 
 
 def _require_labels(labels: PseudoLabels | None, loss: str) -> PseudoLabels:

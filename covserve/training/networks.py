@@ -32,11 +32,13 @@ from covserve.training.covariance import (
     make_parameterisation,
     taylor_terms,
 )
+from covserve.training.numerics import constant_columns
 
 __all__ = ["CovarianceModel", "Prediction", "ResidualMLP", "Standardisation", "default_width"]
 
 MIN_STANDARD_DEVIATION = 1e-12
-"""Columns whose standard deviation is below this (constant columns) are scaled by 1 instead."""
+"""Columns whose standard deviation is below this, or constant by
+:data:`~covserve.training.numerics.CONSTANT_COLUMN_RTOL`, are scaled by 1 instead."""
 
 
 def default_width(out_dim: int) -> int:
@@ -104,7 +106,7 @@ class Standardisation:
 
         def std(values: NDArray[np.float64]) -> NDArray[np.float64]:
             deviation = values.std(axis=0)
-            return np.where(deviation < MIN_STANDARD_DEVIATION, 1.0, deviation)
+            return np.where(constant_columns(values) | (deviation < MIN_STANDARD_DEVIATION), 1.0, deviation)
 
         return cls(inputs.mean(axis=0), std(inputs), targets.mean(axis=0), std(targets))
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
+from numpy.typing import NDArray
+
 __all__ = [
+    "CONSTANT_COLUMN_RTOL",
     "DIAGONAL_FLOOR",
     "FLOAT32_SYMMETRY_RTOL",
     "INPUT_METRIC_RIDGE",
@@ -19,6 +23,7 @@ __all__ = [
     "RAW_OUTPUT_BOUND",
     "RELATIVE_RIDGE",
     "TARGET_RANK_TOLERANCE",
+    "constant_columns",
 ]
 
 RAW_OUTPUT_BOUND: Final = 50.0
@@ -77,3 +82,19 @@ linearly dependent (and a column's weight in a dependency below which it is not 
 An exact dependency such as UCI electrical's ``p1 = −(p2 + p3 + p4)`` leaves a singular value near
 ``1e-15`` of the largest after float64 rounding; correlated but independent targets stay far above. Along a
 dependency the true covariance is singular, so only :data:`RELATIVE_RIDGE` keeps a likelihood finite."""
+
+
+CONSTANT_COLUMN_RTOL: Final = 1e-9
+"""A data column is constant when its standard deviation is at most this times its largest magnitude.
+
+A column that holds one value ``v`` computes a float64 standard deviation of about ``1e-16 |v|``, not 0,
+so an exact test misses it and standardising then divides rounding noise by rounding noise. Real
+measurements vary far more than ``1e-9`` of their magnitude."""
+
+
+def constant_columns(values: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Which columns of ``values`` ``(N, C)`` are constant by :data:`CONSTANT_COLUMN_RTOL`, shape ``(C,)``
+    (an all-zero column is constant)."""
+    magnitude = np.abs(values).max(axis=0, initial=0.0)
+    constant: NDArray[np.bool_] = values.std(axis=0) <= CONSTANT_COLUMN_RTOL * magnitude
+    return constant

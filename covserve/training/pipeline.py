@@ -20,11 +20,12 @@ from covserve.training.compare import Comparison, run_comparison
 from covserve.training.config import Hybrid, RunConfig, load_config
 from covserve.training.data import Split, load_split
 from covserve.training.errors import UsageError
-from covserve.training.export import ModelCard, export_model
+from covserve.training.export import ModelCard, check_interface_unchanged, export_model
 from covserve.training.losses import LossName
 from covserve.training.networks import CovarianceModel
 from covserve.training.runs import RunDirectory, create_run_directory
 from covserve.training.trainer import (
+    MAX_EPOCHS,
     build_model,
     load_checkpoint,
     resolve_device,
@@ -36,9 +37,10 @@ from covserve.training.trainer import (
 __all__ = [
     "VERIFICATION_ROWS",
     "FitOutcome",
+    "check_fit_split",
+    "check_publishable",
     "compare",
     "fit",
-    "load_fit_split",
     "model_card",
     "publish",
     "republish",
@@ -57,18 +59,42 @@ class FitOutcome:
     metrics: dict[str, float]
     version: Path | None
     report_path: Path
+    epochs_run: int
+    max_epochs: int
+    best_epoch: int
+    stopped: str
+    """Why training ended: ``"max epochs"`` or the early-stopping reason."""
+    covariance_calibration: float
+
+    def training_summary(self) -> str:
+        """Two lines: how training ended, and which epoch was kept with its calibration factor."""
+        if self.stopped == MAX_EPOCHS:
+            ended = f"training ran all {self.max_epochs} epochs"
+        else:
+            ended = f"training stopped early at epoch {self.epochs_run} of {self.max_epochs} ({self.stopped})"
+        return (
+            f"{ended}\nkept epoch {self.best_epoch}, the best on the validation rows; covariance calibration "
+            f"factor {self.covariance_calibration:.4g} (every exported covariance is multiplied by it)"
+        )
 
 
-def load_fit_split(config: RunConfig) -> Split:
-    """The split ``fit`` trains on, after checking ``--device``; a split without test rows is refused
-    (the test rows score the model and verify its export)."""
+def check_fit_split(config: RunConfig, split: Split) -> None:
+    """Refuse a ``fit`` whose ``--device`` is unusable here or whose split has no test rows (the test rows
+    score the model and verify its export)."""
     resolve_device(config.train.device)
-    split = load_split(config.data)
     if len(split.test) == 0:
         raise UsageError(
             "--test-fraction must be > 0: fit reports test metrics and verifies the export on them"
         )
-    return split
+
+
+def check_publishable(config: RunConfig, split: Split) -> None:
+    """Refuse, before any training, a run whose model could not be published: its inputs or targets differ
+    from the latest version of ``config.name`` and ``--allow-schema-change`` is not given."""
+    if not config.allow_schema_change:
+        check_interface_unchanged(
+            config.repository, config.name, split.train.input_names, split.train.target_names
+        )
 
 
 def start_run(config: RunConfig, suffix: str = "") -> RunDirectory:
@@ -101,6 +127,7 @@ def publish(
     """Export ``model`` as the next version of ``config.name``; ``None`` for a ``tic`` model."""
     if model.kind.value == "tic":
         return None
+    check_publishable(config, split)
     verification = split.test.inputs[:VERIFICATION_ROWS]
     return export_model(model.cpu(), model_card(config, split, metrics), config.repository, verification)
 
@@ -134,7 +161,7 @@ def fit(
         on_epoch=record_epoch,
     )
     mean, covariance, metrics = score(result.model, split.test, torch.device(result.device))
-    run.write_plots(result.history, split.test, mean, covariance)
+    run.write_plots(result.history, split.test, mean, covariance, kept_epoch=result.best_epoch)
     version = publish(result.model, config, split, metrics)
     report: dict[str, Any] = {
         "test_metrics": metrics,
@@ -143,13 +170,23 @@ def fit(
         "stopped": result.stopped,
         "seconds_per_epoch": result.seconds_per_epoch,
         "covariance_calibration": result.covariance_calibration,
-        "peak_memory_mib": result.peak_memory_mib,
+        "process_peak_rss_mib": result.process_peak_rss_mib,
+        "training_memory_growth_mib": result.peak_memory_mib,
         "device": result.device,
         "data": {"description": split.description, "split_sizes": split.sizes()},
         "published": str(version) if version is not None else None,
         "covserve_version": __version__,
     }
-    return FitOutcome(metrics=metrics, version=version, report_path=run.write_report(report))
+    return FitOutcome(
+        metrics=metrics,
+        version=version,
+        report_path=run.write_report(report),
+        epochs_run=len(result.history),
+        max_epochs=config.train.epochs,
+        best_epoch=result.best_epoch,
+        stopped=result.stopped,
+        covariance_calibration=result.covariance_calibration,
+    )
 
 
 def compare(

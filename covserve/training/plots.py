@@ -1,4 +1,4 @@
-"""Diagnostic PNG plots of a training run: learning curves, predicted vs true, calibration, ellipses.
+"""Diagnostic PNG plots of a training run: learning curves, predicted vs true, calibration, covariance.
 
 Every plotting function takes NumPy arrays (or array-likes) and an output path, validates its inputs
 (a bad shape, an empty array, a non-finite value or an out-of-range value raises ``ValueError`` whose
@@ -44,10 +44,14 @@ __all__ = [
     "MAX_POINTS",
     "SUBSAMPLE_SEED",
     "calibration_curve",
+    "correlation_heatmap",
     "covariance_ellipses",
     "ellipse_parameters",
     "learning_curves",
+    "mean_correlation",
+    "metric_title",
     "predicted_vs_true",
+    "y_scale",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -82,6 +86,27 @@ GAP_WIDTH = 1.2
 
 GAP_HEIGHT = 1.1
 """Space between two rows (x labels, the next panel's title), in inches."""
+
+SUPTITLE_HEIGHT = 0.45
+"""Extra space above the panels for a figure title (the split a plot shows), in inches."""
+
+LOG_SCALE_MIN_RATIO = 100.0
+"""A learning-curve panel's y-axis is logarithmic only when its values are positive and span more than
+this factor (largest over smallest); below it a linear axis reads better and keeps several ticks."""
+
+METRIC_TITLES = {
+    "train_loss": "training loss (the method's objective)",
+    "lr": "learning rate",
+    "seconds": "seconds per epoch",
+    "label_seconds": "pseudo-label seconds per epoch",
+}
+"""Panel titles of the learning-curve keys other than ``val_<metric>`` (read "validation <metric>")."""
+
+MAX_ANNOTATED_TARGETS = 12
+"""Correlation heatmaps of at most this many targets print each cell's value."""
+
+KEPT_COLOUR = "tab:green"
+"""Colour of the line that marks the kept (exported) epoch."""
 
 MAX_COLUMNS = 3
 """Most subplot panels per row of a grid."""
@@ -126,7 +151,13 @@ TARGET_COLOUR = "0.6"
 """Colour (a grey level) of the observed targets."""
 
 
-def learning_curves(history: Sequence[Mapping[str, object]], path: StrPath) -> Path:
+def learning_curves(
+    history: Sequence[Mapping[str, object]],
+    path: StrPath,
+    *,
+    kept_epoch: float | None = None,
+    title: str | None = None,
+) -> Path:
     """Plot every numeric metric of a training history against the epoch, one panel per metric.
 
     Parameters
@@ -137,10 +168,15 @@ def learning_curves(history: Sequence[Mapping[str, object]], path: StrPath) -> P
         ``index + 1``. Every other key whose values are all real numbers (``bool`` excluded) gets a
         panel, in order of first appearance; a key that is absent or ``None`` in a record, or whose
         value there is not finite, is simply not drawn at that epoch. Keys with any other value (a
-        string, say) are skipped. A panel's y-axis is logarithmic when all its drawn values are
-        positive.
+        string, say) are skipped. A panel's y-axis is linear unless its drawn values are positive and
+        span more than ``LOG_SCALE_MIN_RATIO``. ``val_<metric>`` panels are titled "validation
+        <metric>", the others by ``METRIC_TITLES``.
     path : path-like
         Destination PNG file.
+    kept_epoch : float, optional
+        The epoch whose weights were kept (exported), marked by a vertical line in every panel.
+    title : str, optional
+        Figure title above the panels.
 
     Returns
     -------
@@ -161,21 +197,38 @@ def learning_curves(history: Sequence[Mapping[str, object]], path: StrPath) -> P
         raise ValueError("history: holds no numeric metric besides 'epoch' to plot")
 
     rows, columns = _grid(len(keys))
-    figure = _new_figure(rows, columns)
+    figure = _new_figure(rows, columns, title)
     for panel, key in enumerate(keys, start=1):
         axes = figure.add_subplot(rows, columns, panel)
         values = np.array([_metric_value(record.get(key)) for record in records], dtype=np.float64)
         drawn = np.isfinite(values)
         if drawn.any():
             axes.plot(epochs[drawn], values[drawn], marker=".", color=PREDICTED_COLOUR)
-            if np.all(values[drawn] > 0.0):
-                axes.set_yscale("log")
+            axes.set_yscale(y_scale(values[drawn]))
         else:
             axes.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=axes.transAxes)
-        axes.set_title(key)
+        if kept_epoch is not None:
+            axes.axvline(kept_epoch, color=KEPT_COLOUR, linestyle=":", label=f"kept: epoch {kept_epoch:g}")
+            if panel == 1:
+                axes.legend(loc="best", fontsize="small")
+        axes.set_title(metric_title(key))
         axes.set_xlabel("epoch")
         axes.grid(alpha=GRID_ALPHA)
     return _save_atomically(figure, path)
+
+
+def metric_title(key: str) -> str:
+    """The panel title of a learning-curve key: ``val_nll`` reads "validation nll"."""
+    if key.startswith("val_"):
+        return f"validation {key.removeprefix('val_').replace('_', ' ')}"
+    return METRIC_TITLES.get(key, key.replace("_", " "))
+
+
+def y_scale(values: FloatArray) -> str:
+    """``"log"`` when the finite ``values`` (shape (E,)) are positive and span more than
+    ``LOG_SCALE_MIN_RATIO``, else ``"linear"``: a loss falling 0.52 → 0.47 reads best on a linear axis."""
+    wide = np.all(values > 0.0) and values.max() > LOG_SCALE_MIN_RATIO * values.min()
+    return "log" if wide else "linear"
 
 
 def predicted_vs_true(
@@ -184,6 +237,8 @@ def predicted_vs_true(
     std: npt.ArrayLike,
     target_names: Sequence[str],
     path: StrPath,
+    *,
+    title: str | None = None,
 ) -> Path:
     """Scatter predicted against true values, one panel per target, coloured by the predicted std.
 
@@ -204,6 +259,8 @@ def predicted_vs_true(
         Panel titles.
     path : path-like
         Destination PNG file.
+    title : str, optional
+        Figure title above the panels (e.g. the split shown).
 
     Returns
     -------
@@ -227,7 +284,7 @@ def predicted_vs_true(
     rmse = np.sqrt(np.mean((mean_array - target_array) ** 2, axis=0))
     shown = _subsample(dims["N"], MAX_POINTS)
     rows, columns = _grid(dims["D"])
-    figure = _new_figure(rows, columns)
+    figure = _new_figure(rows, columns, title)
     for column, name in enumerate(names):
         axes = figure.add_subplot(rows, columns, column + 1)
         true_values = target_array[shown, column]
@@ -254,7 +311,9 @@ def predicted_vs_true(
     return _save_atomically(figure, path)
 
 
-def calibration_curve(levels: npt.ArrayLike, coverage: npt.ArrayLike, path: StrPath) -> Path:
+def calibration_curve(
+    levels: npt.ArrayLike, coverage: npt.ArrayLike, path: StrPath, *, title: str | None = None
+) -> Path:
     """Plot the empirical coverage of the Mahalanobis (chi-square) ellipsoids against their nominal level.
 
     The identity line is the ideal; the title gives the mean absolute calibration error
@@ -268,6 +327,8 @@ def calibration_curve(levels: npt.ArrayLike, coverage: npt.ArrayLike, path: StrP
         Fraction of samples whose target falls inside the ellipsoid of each level, in [0, 1].
     path : path-like
         Destination PNG file.
+    title : str, optional
+        Figure title above the panel (e.g. the split shown).
 
     Returns
     -------
@@ -288,7 +349,7 @@ def calibration_curve(levels: npt.ArrayLike, coverage: npt.ArrayLike, path: StrP
 
     order = np.argsort(level_array, kind="stable")
     error = float(np.mean(np.abs(coverage_array - level_array)))
-    figure = _new_figure(1, 1)
+    figure = _new_figure(1, 1, title)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot([0.0, 1.0], [0.0, 1.0], color="black", linestyle="--", linewidth=1.0, label="ideal")
     axes.plot(level_array[order], coverage_array[order], marker="o", color=PREDICTED_COLOUR, label="observed")
@@ -313,6 +374,7 @@ def covariance_ellipses(
     true_covariance: npt.ArrayLike | None = None,
     target_names: Sequence[str] = ("y0", "y1"),
     level: float = 0.9,
+    title: str | None = None,
 ) -> Path:
     """Scatter 2-D targets and draw the predicted covariance ellipses of up to ``MAX_ELLIPSES`` samples.
 
@@ -340,6 +402,8 @@ def covariance_ellipses(
         Axis labels.
     level : float
         Probability mass inside each ellipse, in (0, 1).
+    title : str, optional
+        Figure title above the panel (e.g. the split shown).
 
     Returns
     -------
@@ -371,7 +435,7 @@ def covariance_ellipses(
 
     chosen = _evenly_spaced(dims["N"], MAX_ELLIPSES)
     shown = _subsample(dims["N"], MAX_POINTS)
-    figure = _new_figure(1, 1)
+    figure = _new_figure(1, 1, title)
     axes = figure.add_subplot(1, 1, 1)
     axes.scatter(
         target_array[shown, 0],
@@ -401,6 +465,75 @@ def covariance_ellipses(
     axes.grid(alpha=GRID_ALPHA)
     axes.legend(handles=handles, loc="best", fontsize="small")
     return _save_atomically(figure, path)
+
+
+def correlation_heatmap(
+    covariance: npt.ArrayLike,
+    target_names: Sequence[str],
+    path: StrPath,
+    *,
+    true_covariance: npt.ArrayLike | None = None,
+    title: str | None = None,
+) -> Path:
+    """Heatmap of the predicted correlations between targets, averaged over the samples (for D > 2 targets,
+    where pairwise ellipses no longer fit one panel), with the true correlations beside it when known.
+
+    Parameters
+    ----------
+    covariance : array, shape (N, D, D)
+        Predicted covariances with positive diagonals, in squared target units.
+    target_names : sequence of str, length D
+        Row and column labels.
+    path : path-like
+        Destination PNG file.
+    true_covariance : array, shape (N, D, D), optional
+        True covariances (synthetic data), drawn as a second panel.
+    title : str, optional
+        Figure title above the panels (e.g. the split shown).
+
+    Returns
+    -------
+    Path
+        ``path`` as a ``Path``.
+
+    Raises
+    ------
+    ValueError
+        An array has the wrong shape, is empty, holds a non-finite value or a non-positive variance;
+        ``target_names`` does not hold D strings.
+    """
+    dims: dict[str, int] = {}
+    panels = [("predicted", mean_correlation(_float_array("covariance", covariance, ("N", "D", "D"), dims)))]
+    if true_covariance is not None:
+        true = _float_array("true_covariance", true_covariance, ("N", "D", "D"), dims)
+        panels.append(("true", mean_correlation(true, "true_covariance")))
+    names = _names("target_names", target_names, dims["D"])
+    figure = _new_figure(1, len(panels), title)
+    for panel, (label, correlation) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), panel)
+        image = axes.imshow(correlation, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        if dims["D"] <= MAX_ANNOTATED_TARGETS:
+            for (row, column), value in np.ndenumerate(correlation):
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize="small")
+        axes.set_xticks(range(dims["D"]), names, rotation=90)
+        axes.set_yticks(range(dims["D"]), names)
+        axes.set_title(f"{label} correlation (mean of {dims['N']})")
+        figure.colorbar(image, ax=axes)
+    return _save_atomically(figure, path)
+
+
+def mean_correlation(covariance: FloatArray, name: str = "covariance") -> FloatArray:
+    """The mean over samples of ``Σ_ij / sqrt(Σ_ii Σ_jj)``, shape (D, D), from covariances (N, D, D).
+
+    ``ValueError`` naming ``name`` when a diagonal entry is not positive.
+    """
+    variances = np.diagonal(covariance, axis1=-2, axis2=-1)
+    if np.any(variances <= 0.0):
+        row = int(np.flatnonzero(np.any(variances <= 0.0, axis=-1))[0])
+        raise ValueError(f"{name}: sample {row} has a non-positive variance")
+    std = np.sqrt(variances)
+    correlation: FloatArray = np.mean(covariance / (std[:, :, None] * std[:, None, :]), axis=0)
+    return correlation
 
 
 def ellipse_parameters(covariance: npt.ArrayLike, level: float) -> EllipseParameters:
@@ -578,20 +711,24 @@ def _grid(panels: int) -> tuple[int, int]:
     return math.ceil(panels / columns), columns
 
 
-def _new_figure(rows: int, columns: int) -> Figure:
-    """A figure for a ``rows`` x ``columns`` grid of panels, with its own Agg canvas (no pyplot).
+def _new_figure(rows: int, columns: int, title: str | None = None) -> Figure:
+    """A figure for a ``rows`` x ``columns`` grid of panels, with its own Agg canvas (no pyplot), and
+    ``title`` above the panels when given.
 
     The margins and gaps are fixed in inches rather than computed by a layout engine: a constrained or
     tight layout measures every text element in extra passes and doubles the rendering time.
     """
     width = MARGIN_LEFT + columns * AXES_WIDTH + (columns - 1) * GAP_WIDTH + MARGIN_RIGHT
-    height = MARGIN_BOTTOM + rows * AXES_HEIGHT + (rows - 1) * GAP_HEIGHT + MARGIN_TOP
+    top = MARGIN_TOP + (SUPTITLE_HEIGHT if title else 0.0)
+    height = MARGIN_BOTTOM + rows * AXES_HEIGHT + (rows - 1) * GAP_HEIGHT + top
     figure = Figure(figsize=(width, height), dpi=DPI, layout=None)
+    if title:
+        figure.suptitle(title, y=1.0 - (SUPTITLE_HEIGHT / 3) / height, va="top")
     figure.subplots_adjust(
         left=MARGIN_LEFT / width,
         right=1.0 - MARGIN_RIGHT / width,
         bottom=MARGIN_BOTTOM / height,
-        top=1.0 - MARGIN_TOP / height,
+        top=1.0 - top / height,
         wspace=GAP_WIDTH / AXES_WIDTH,
         hspace=GAP_HEIGHT / AXES_HEIGHT,
     )

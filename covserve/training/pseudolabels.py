@@ -75,6 +75,14 @@ from covserve.training.numerics import (
     LOCAL_LINEAR_RIDGE,
     PSEUDO_LABEL_JITTER,
 )
+from covserve.training.options import (
+    DEFAULT_NEIGHBOURS,
+    DEFAULT_RESIDUAL_NEIGHBOURS,
+    DEFAULT_TEMPERATURE,
+    LabelScheme,
+    default_neighbours,
+    parse_label_scheme,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
@@ -96,41 +104,6 @@ __all__ = [
     "residual_labels",
     "target_labels",
 ]
-
-DEFAULT_NEIGHBOURS = 64
-"""``k`` of the ``targets`` scheme, the neighbourhood size (see the module docstring for the ablation)."""
-
-DEFAULT_RESIDUAL_NEIGHBOURS = 256
-"""``k`` of the ``residuals`` and ``local-linear`` schemes. With the mean's variation taken out, a wider
-neighbourhood no longer inflates the label, so more neighbours keep lowering its error on the synthetic
-generator (``benchmarks/results/label_schemes.md``, D = 20, residuals of a trained MSE mean: 0.352 at
-k = 128, 0.257 at 256, 0.193 at 512; ``targets`` is at best 2.65, at k = 16). 256 rather than 512: the
-trained bound gained most from it in a one-off run with the synthetic benchmark's settings (D = 8,
-trial 0, KL to the truth: w2-bound with residuals 0.286 at k = 64 and 0.201 at 256, the hybrid with
-local-linear labels 0.256 and 0.138), and local-linear's cost grows with k (4 s at D = 20 for k = 512)."""
-
-DEFAULT_TEMPERATURE = 1.0
-"""``τ`` of ``softmax(−d / (τ d̄))``, relative to each query's mean neighbour distance ``d̄``
-(``math.inf`` gives uniform weights, small values approach the nearest neighbour alone)."""
-
-
-class LabelScheme(str, Enum):
-    """What the label of a neighbourhood measures; plain strings such as ``"residuals"`` are accepted."""
-
-    TARGETS = "targets"
-    """Algorithm 1: the spread of the neighbours' targets around their weighted mean (the paper)."""
-    RESIDUALS = "residuals"
-    """The second moment of the neighbours' residuals ``y − μ̂(x)`` under the current mean network."""
-    LOCAL_LINEAR = "local-linear"
-    """The residual covariance of a weighted linear fit of ``y`` on ``x`` inside the neighbourhood."""
-
-
-def default_neighbours(scheme: LabelScheme | str) -> int:
-    """The ``k`` a scheme uses unless one is given: :data:`DEFAULT_NEIGHBOURS` for ``targets``,
-    :data:`DEFAULT_RESIDUAL_NEIGHBOURS` for the schemes that remove the mean's variation."""
-    if parse_label_scheme(scheme) is LabelScheme.TARGETS:
-        return DEFAULT_NEIGHBOURS
-    return DEFAULT_RESIDUAL_NEIGHBOURS
 
 
 class TemperatureScale(str, Enum):
@@ -527,15 +500,6 @@ def compute_pseudo_labels(
     return labels_from_neighbourhoods(
         neighbourhoods, targets, scheme, predictions=predictions, chunk_elements=chunk_elements
     )
-
-
-def parse_label_scheme(scheme: LabelScheme | str) -> LabelScheme:
-    """``scheme`` as a :class:`LabelScheme`; ``ValueError`` listing the valid names otherwise."""
-    try:
-        return LabelScheme(scheme)
-    except ValueError:
-        valid = ", ".join(s.value for s in LabelScheme)
-        raise ValueError(f"scheme: expected one of {valid}, got {scheme!r}") from None
 
 
 def labels_from_neighbourhoods(

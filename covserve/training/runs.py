@@ -54,16 +54,37 @@ class RunDirectory:
         table: Table,
         mean: np.ndarray,
         covariance: np.ndarray,
+        *,
+        kept_epoch: int,
+        split_name: str = "test",
     ) -> list[Path]:
-        """Learning curves, predicted-vs-true, χ² calibration and (for 2-D targets) covariance ellipses."""
+        """Learning curves (the kept epoch marked), then on ``table`` (the ``split_name`` split):
+        predicted-vs-true, χ² calibration, and covariance ellipses for 2 targets or a correlation heatmap
+        for more."""
         std = np.sqrt(np.diagonal(covariance, axis1=-2, axis2=-1))
         result = calibration(mean, covariance, table.targets)
+        shown = f"{split_name} split, {len(table)} rows"
         written = [
-            plots.learning_curves(history, self.path / "learning_curves.png"),
-            plots.predicted_vs_true(
-                mean, table.targets, std, table.target_names, self.path / "predicted_vs_true.png"
+            plots.learning_curves(
+                history,
+                self.path / "learning_curves.png",
+                kept_epoch=kept_epoch,
+                title=f"Learning curves: training loss, validation split metrics (kept epoch {kept_epoch})",
             ),
-            plots.calibration_curve(result.levels, result.coverage, self.path / "calibration.png"),
+            plots.predicted_vs_true(
+                mean,
+                table.targets,
+                std,
+                table.target_names,
+                self.path / "predicted_vs_true.png",
+                title=f"Predicted vs true ({shown})",
+            ),
+            plots.calibration_curve(
+                result.levels,
+                result.coverage,
+                self.path / "calibration.png",
+                title=f"χ² calibration ({shown})",
+            ),
         ]
         if table.targets.shape[1] == 2:
             written.append(
@@ -75,6 +96,17 @@ class RunDirectory:
                     true_mean=table.true_mean,
                     true_covariance=table.true_covariance,
                     target_names=table.target_names,
+                    title=f"Covariance ({shown})",
+                )
+            )
+        elif table.targets.shape[1] > 2:
+            written.append(
+                plots.correlation_heatmap(
+                    covariance,
+                    table.target_names,
+                    self.path / "correlations.png",
+                    true_covariance=table.true_covariance,
+                    title=f"Correlations between targets ({shown})",
                 )
             )
         return written

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from covserve.training.atomic import write_atomically
 from covserve.training.config import Device, Hybrid, ModelConfig, TrainConfig
 from covserve.training.data import Split, Table
-from covserve.training.errors import UsageError
+from covserve.training.errors import TrainingDivergedError, TrainingInterruptedError, UsageError
 from covserve.training.labelling import RunLabels
 from covserve.training.losses import LossName, LossSpec, get_loss
 from covserve.training.metrics import calibrated_gaussian_nll, compute_metrics, variance_calibration
@@ -32,6 +34,7 @@ from covserve.training.pseudolabels import PseudoLabels
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "MAX_EPOCHS",
     "TrainingDivergedError",
     "TrainingInterruptedError",
     "TrainingResult",
@@ -39,6 +42,7 @@ __all__ = [
     "calibrate",
     "load_checkpoint",
     "predict_raw",
+    "process_peak_rss_mib",
     "resolve_device",
     "score",
     "train",
@@ -46,20 +50,15 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+MAX_EPOCHS = "max epochs"
+"""``TrainingResult.stopped`` when every epoch ran (otherwise the early-stopping reason)."""
 LR_FACTOR = 0.25
 LR_PATIENCE = 10
 MIN_LR = 1e-6
 PREDICTION_CHUNK = 4096
 MEMORY_POLL_SECONDS = 0.01
 BYTES_PER_MIB = 1 << 20
-
-
-class TrainingDivergedError(Exception):
-    """A non-finite loss; the message names the epoch, batch and method. The last good checkpoint stays."""
-
-
-class TrainingInterruptedError(Exception):
-    """Ctrl-C during training; the checkpoint of the last completed epoch is resumable."""
+KIB_PER_MIB = 1 << 10
 
 
 @dataclass
@@ -72,9 +71,14 @@ class TrainingResult:
     stopped: str
     seconds_per_epoch: float
     peak_memory_mib: float
+    """Memory the training loop added: peak RSS growth over the loop on CPU (sampled), peak allocated
+    device memory on CUDA; MiB. Not the process's footprint: see ``process_peak_rss_mib``."""
     checkpoint: Path
     device: str
     covariance_calibration: float = 1.0
+    process_peak_rss_mib: float = 0.0
+    """Peak resident set of the whole process so far (``getrusage`` ``ru_maxrss``: imports, data, every
+    fit in it), MiB: what ``/usr/bin/time -v`` reports as maximum resident set size."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +145,13 @@ def _peak_memory_mib(memory: _PeakMemory, device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB
     return memory.peak
+
+
+def process_peak_rss_mib() -> float:
+    """Peak resident set size of this process since it started, in MiB (``ru_maxrss`` is in KiB on Linux
+    and in bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (BYTES_PER_MIB if sys.platform == "darwin" else KIB_PER_MIB)
 
 
 class _PeakMemory:
@@ -319,7 +330,7 @@ def _train(
 
     if resume is None:
         save(0)
-    stopped = "max epochs"
+    stopped = MAX_EPOCHS
     epoch_seconds: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -395,6 +406,7 @@ def _train(
         stopped=stopped,
         seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
         peak_memory_mib=_peak_memory_mib(memory, device),
+        process_peak_rss_mib=process_peak_rss_mib(),
         checkpoint=checkpoint_path,
         device=str(device),
         covariance_calibration=factor,

@@ -11,6 +11,7 @@ Every problem the user can fix raises :class:`~training.errors.UsageError` namin
 
 from __future__ import annotations
 
+from covserve.training.data._builtin import BUILTIN_NAMES
 from covserve.training.data._config import DataConfig, Protocol
 from covserve.training.data._load import load_split, load_table
 from covserve.training.data._splits import TICTAC_SCALE, make_split
@@ -18,6 +19,7 @@ from covserve.training.data._table import Split, Table
 from covserve.training.data._uci import UCI_NAMES
 
 __all__ = [
+    "BUILTIN_NAMES",
     "TICTAC_SCALE",
     "UCI_NAMES",
     "DataConfig",

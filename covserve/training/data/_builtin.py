@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from covserve.training.data._config import DataConfig
 from covserve.training.data._table import Table
 from covserve.training.errors import UsageError
-from covserve.training.synthetic import SinusoidAmplitude, SyntheticDataset, multivariate, sinusoid
+
+if TYPE_CHECKING:
+    from covserve.training.synthetic import SyntheticDataset
 
 __all__ = ["BUILTIN_NAMES", "SINUSOID", "SYNTHETIC", "load_builtin"]
 
@@ -58,6 +60,9 @@ def load_builtin(config: DataConfig) -> tuple[Table, list[str]]:
         raise UsageError(
             f"{', '.join(given)} apply only to files and uci: data sets, not to the built-in {config.data!r}"
         )
+    # The generators need scipy.stats (about a second to import): loaded only when data is generated.
+    from covserve.training.synthetic import SinusoidAmplitude, multivariate, sinusoid
+
     if config.data == SYNTHETIC:
         data = multivariate(config.in_dim, config.out_dim, config.samples, seed=config.seed)
         line = (

@@ -217,20 +217,15 @@ def build_table(
     inputs, targets = choose_columns(request, list(raw.columns), raw.source)
     selected = inputs + targets
     numbers: dict[str, NDArray[np.float64]] = {}
-    bad: dict[str, list[str]] = {}
+    bad: dict[str, _NonNumeric] = {}
     for column in selected:
         parsed = _parse_numbers(raw.columns[column])
-        if isinstance(parsed, list):
+        if isinstance(parsed, _NonNumeric):
             bad[column] = parsed
         else:
             numbers[column] = parsed
     if bad:
-        examples = "; ".join(f"{column!r} (e.g. {', '.join(values)})" for column, values in bad.items())
-        raise UsageError(
-            f"selected columns of {raw.source} are not numeric: {examples}; drop them with "
-            f"--exclude {' '.join(shlex.quote(column) for column in bad)}, or leave them out of "
-            "--inputs/--targets"
-        )
+        raise UsageError(_non_numeric_message(raw.source, bad, targets))
     matrix = np.column_stack([numbers[column] for column in selected]).reshape(raw.rows, len(selected))
     missing = ~np.isfinite(matrix)
     for sentinel in missing_values:
@@ -256,8 +251,16 @@ def build_table(
 
 
 def _dropped_line(dropped: int, rows: int, missing_values: Sequence[float]) -> str:
-    """Describe the rows dropped for missing values."""
-    reasons = ", ".join(["empty", "NaN", "infinite", *(_number(value) for value in missing_values)])
+    """Describe the rows dropped for missing values, naming every text and number that means missing."""
+    tokens = sorted(token for token in MISSING_TOKENS if token)
+    reasons = ", ".join(
+        [
+            "empty",
+            *(repr(token) for token in tokens),
+            "infinite",
+            *(_number(value) for value in missing_values),
+        ]
+    )
     if not dropped:
         return f"no rows dropped: no selected value is missing ({reasons})"
     return f"dropped {dropped} of {rows} rows with a missing value ({reasons}) in a selected column"
@@ -275,8 +278,42 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _parse_numbers(column: RawColumn) -> NDArray[np.float64] | list[str]:
-    """A column as float64 (NaN where missing), or up to :data:`_SHOWN_VALUES` values that are not numbers."""
+@dataclass(frozen=True)
+class _NonNumeric:
+    """The cells of a column that are neither numbers nor :data:`MISSING_TOKENS`."""
+
+    count: int
+    examples: tuple[str, ...]
+    """Up to :data:`_SHOWN_VALUES` distinct values, quoted."""
+    rows: tuple[int, ...]
+    """The first :data:`_SHOWN_VALUES` data rows holding one (1 is the first row after the header)."""
+
+
+def _non_numeric_message(source: str, bad: dict[str, _NonNumeric], targets: Sequence[str]) -> str:
+    """Which selected columns are not numeric, how many cells and where, and the flag that fixes it:
+    ``--exclude a,b`` for inputs, another ``--targets`` choice for targets."""
+    described = "; ".join(
+        f"{column!r}: {cells.count} cell{'s' if cells.count > 1 else ''} such as {', '.join(cells.examples)} "
+        f"(data row{'s' if len(cells.rows) > 1 else ''} {', '.join(str(row) for row in cells.rows)}"
+        f"{', …' if cells.count > len(cells.rows) else ''})"
+        for column, cells in bad.items()
+    )
+    bad_targets = [column for column in bad if column in targets]
+    bad_inputs = [column for column in bad if column not in targets]
+    fixes = []
+    if bad_inputs:
+        fixes.append(f"drop the inputs with --exclude {shlex.quote(','.join(bad_inputs))}")
+    if bad_targets:
+        fixes.append(f"choose --targets without {', '.join(repr(column) for column in bad_targets)}")
+    missing = ", ".join(repr(token) for token in sorted(MISSING_TOKENS))
+    return (
+        f"selected columns of {source} are not numeric: {described}. {'; '.join(fixes).capitalize()}, or "
+        f"mark missing values with one of {missing} (case-insensitive) or --missing-value"
+    )
+
+
+def _parse_numbers(column: RawColumn) -> NDArray[np.float64] | _NonNumeric:
+    """A column as float64 (NaN where missing), or its cells that are not numbers."""
     if isinstance(column, np.ndarray):
         return column
     try:
@@ -284,7 +321,9 @@ def _parse_numbers(column: RawColumn) -> NDArray[np.float64] | list[str]:
     except ValueError:
         pass  # an empty, missing or non-numeric value: parse value by value
     values = np.empty(len(column), dtype=np.float64)
-    bad: list[str] = []
+    examples: list[str] = []
+    rows: list[int] = []
+    count = 0
     for row, text in enumerate(column):
         if text.lower() in MISSING_TOKENS:
             values[row] = math.nan
@@ -292,7 +331,10 @@ def _parse_numbers(column: RawColumn) -> NDArray[np.float64] | list[str]:
         try:
             values[row] = float(text)
         except ValueError:
-            if len(bad) < _SHOWN_VALUES and repr(text) not in bad:
-                bad.append(repr(text))
+            count += 1
+            if len(rows) < _SHOWN_VALUES:
+                rows.append(row + 1)
+            if len(examples) < _SHOWN_VALUES and repr(text) not in examples:
+                examples.append(repr(text))
             values[row] = math.nan
-    return bad if bad else values
+    return _NonNumeric(count, tuple(examples), tuple(rows)) if count else values

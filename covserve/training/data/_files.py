@@ -14,13 +14,15 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from covserve.training.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CANDIDATE_DELIMITERS",
@@ -143,8 +145,10 @@ def _read_csv(path: Path, name: str, *, header: bool) -> RawTable:
         raise UsageError(f"cannot parse data file {name} near line {reader.line_num}: {error}") from None
     if not records:
         raise UsageError(f"data file {name} is empty")
+    unnamed: list[str] = []
     if header:
         _, names = records.pop(0)
+        unnamed = [f"{POSITIONAL_PREFIX}{position}" for position, field in enumerate(names) if not field]
         names = [field or f"{POSITIONAL_PREFIX}{position}" for position, field in enumerate(names)]
     else:
         names = _positional_names(len(records[0][1]))
@@ -161,6 +165,10 @@ def _read_csv(path: Path, name: str, *, header: bool) -> RawTable:
     notes = [f"read {len(records)} rows and {len(names)} columns from {name} (delimiter {delimiter!r})"]
     if blank:
         notes.append(f"skipped {blank} blank rows (no values)")
+    if unnamed:
+        notes.append(
+            f"note: {len(unnamed)} column(s) with a blank header, named by position: {', '.join(unnamed)}"
+        )
     return RawTable(source=name, columns=values, rows=len(records), notes=tuple(notes))
 
 
@@ -177,6 +185,8 @@ def _sniff_delimiter(text: str) -> str:
 
 def _read_parquet(path: Path, name: str) -> RawTable:
     """Read a parquet file; numeric and boolean columns become float arrays, others stripped text."""
+    import pandas as pd  # half a second to import: only parquet files need it
+
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as error:
@@ -194,15 +204,18 @@ def _read_parquet(path: Path, name: str) -> RawTable:
 
 def _parquet_column(series: pd.Series) -> RawColumn:
     """Numbers as float64 with NaN for missing values, anything else as stripped text ("" if missing)."""
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         numbers: NDArray[np.float64] = series.to_numpy(dtype=np.float64, na_value=np.nan)
         return numbers
-    return ["" if _is_missing(value) else str(value).strip() for value in series.tolist()]
-
-
-def _is_missing(value: object) -> bool:
-    """Whether a parquet cell is None, NaN, NaT or pandas.NA."""
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+    missing = (None, pd.NA, pd.NaT)
+    return [
+        ""
+        if any(value is marker for marker in missing) or (isinstance(value, float) and value != value)
+        else str(value).strip()
+        for value in series.tolist()
+    ]
 
 
 def _check_unique(names: Sequence[str], source: str) -> None:

@@ -12,7 +12,7 @@ from covserve.training.data._columns import DEFAULT_INPUT_FRACTION, default_inpu
 from covserve.training.data._config import DataConfig, Protocol
 from covserve.training.data._table import MIN_PART_ROWS, Split, Table
 from covserve.training.errors import UsageError
-from covserve.training.numerics import TARGET_RANK_TOLERANCE
+from covserve.training.numerics import CONSTANT_COLUMN_RTOL, TARGET_RANK_TOLERANCE, constant_columns
 
 __all__ = ["TICTAC_SCALE", "make_split"]
 
@@ -139,7 +139,7 @@ def _tictac(table: Table, seed: int) -> Split:
     matrix = np.hstack([table.inputs, table.targets])
     names = table.input_names + table.target_names
     std = matrix.std(axis=0)
-    constant = std == 0.0
+    constant = constant_columns(matrix)
     scaled = TICTAC_SCALE * (matrix - matrix.mean(axis=0)) / np.where(constant, 1.0, std)
     permutation = np.random.default_rng(seed).permutation(len(names))
     input_count = default_input_count(len(names))
@@ -158,7 +158,10 @@ def _tictac(table: Table, seed: int) -> Split:
     ]
     if constant.any():
         flat = [names[column] for column in np.flatnonzero(constant)]
-        lines.append(f"constant columns became 0: {', '.join(flat)}")
+        lines.append(
+            f"constant columns (std at most {CONSTANT_COLUMN_RTOL:g} of their largest value) became 0: "
+            f"{', '.join(flat)}"
+        )
     if table.true_mean is not None:
         lines.append("the true mean and covariance are dropped: they do not describe the permuted columns")
     lines.append(

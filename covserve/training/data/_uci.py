@@ -218,8 +218,9 @@ def load_uci(
         lines.append(line)
     if request.targets is None and request.inputs is None:
         lines.append(
-            f"no --targets: the first {DEFAULT_INPUT_FRACTION:.0%} of the columns (at least one) are inputs, "
-            "the rest targets"
+            f"note: no --targets, so as in the TIC-TAC experiments the first {DEFAULT_INPUT_FRACTION:.0%} of "
+            "the columns (at least one) are inputs and the rest targets; name its own targets with "
+            f"--targets (its columns: {', '.join(raw.columns)})"
         )
     request = dataclasses.replace(request, default_targets=True)
     sentinels = [value for value in (dataset.missing_value, missing_value) if value is not None]
