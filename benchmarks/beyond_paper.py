@@ -26,8 +26,11 @@ from pathlib import Path
 
 import numpy as np
 from _arguments import positive_int
-from _methods import FAILED, LABELLED_METHODS, STOPPED, Result, mean_and_spread, parse_methods
+from _methods import LABELLED_METHODS, parse_methods
 from _report import write_report
+
+from covserve.training.compare import Result, mean_and_spread
+from covserve.training.methods import FAILED, STOPPED
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "default-size"
 DEFAULT_CANDIDATES = ("nll", "faithful", "hybrid", "w2-bound", *LABELLED_METHODS)

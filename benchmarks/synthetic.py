@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from _arguments import positive_int, positive_ints
 from _machine import describe_machine
-from _methods import Result, fit_and_score, markdown_table, mean_and_spread, parse_methods
+from _methods import fit_and_score, parse_methods
 from _report import write_report
 from _store import FitStore, add_store_arguments
 
 from covserve.training.atomic import write_atomically
+from covserve.training.compare import Result, markdown_table, mean_and_spread
 from covserve.training.config import ModelConfig
 from covserve.training.data import DataConfig, load_split
 

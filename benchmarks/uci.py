@@ -32,29 +32,18 @@ from functools import partial
 from pathlib import Path
 
 import ngboost
-import numpy as np
 import torch
 from _arguments import positive_int
 from _machine import describe_machine
-from _methods import (
-    ALL_METHODS,
-    FAILED,
-    Method,
-    Result,
-    fit_and_score,
-    markdown_table,
-    mean_and_spread,
-    method_label,
-    parse_methods,
-)
+from _methods import ALL_METHODS, Method, fit_and_score, parse_methods
 from _report import write_report
 from _store import FitStore, add_store_arguments
-from ngboost import NGBRegressor
-from ngboost.distns import MultivariateNormal
 
+from covserve.training.compare import Result, markdown_table, mean_and_spread, method_label
 from covserve.training.config import ModelConfig
-from covserve.training.data import TICTAC_SCALE, DataConfig, Protocol, Split, load_split
-from covserve.training.metrics import compute_metrics
+from covserve.training.data import TICTAC_SCALE, DataConfig, Protocol, load_split
+from covserve.training.methods import NGBOOST, NGBOOST_EARLY_STOPPING, fit_ngboost
+from covserve.training.options import NGBOOST_ESTIMATORS
 
 DATASETS = ("energy", "concrete", "wine_red", "abalone", "wine_white", "air_quality", "electrical")
 """Smallest first, so that a run cut short still covers the most data sets."""
@@ -64,9 +53,7 @@ QUICK_METHODS = "w2-bound,nll"
 FULL_TRIALS = 3
 FULL_EPOCHS = 40
 LEARNING_RATE = 1e-3
-NGBOOST_ESTIMATORS = 500
 QUICK_NGBOOST_ESTIMATORS = 10
-NGBOOST_EARLY_STOPPING = 20
 PEER_METHODS = ("w2-bound", "nll", "faithful")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 STORE_NAME = "uci.json"
@@ -134,55 +121,6 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _ngboost(split: Split, estimators: int, seed: int) -> dict[str, float]:
-    """NGBoost ``MultivariateNormal`` on the raw-unit split, early-stopped on the validation rows.
-
-    Its starting point inverts the training targets' covariance, so linearly dependent targets (electrical's
-    ``p1 = −(p2 + p3 + p4)``) can stop it, or let it predict covariances that are not symmetric positive
-    definite: either fit is recorded as :data:`FAILED` (:func:`_score_peer`) and the run goes on."""
-    started = time.perf_counter()
-    model = NGBRegressor(
-        Dist=MultivariateNormal(split.train.targets.shape[1]),
-        n_estimators=estimators,
-        verbose=False,
-        random_state=seed,
-    )
-    try:
-        model.fit(
-            split.train.inputs,
-            split.train.targets,
-            X_val=split.validation.inputs,
-            Y_val=split.validation.targets,
-            early_stopping_rounds=NGBOOST_EARLY_STOPPING,
-        )
-    except np.linalg.LinAlgError as error:
-        print(f"ngboost failed: {error} (its start needs an invertible target covariance)", flush=True)
-        return {FAILED: 1.0, "fit_seconds": time.perf_counter() - started}
-    seconds = time.perf_counter() - started
-    distribution = model.pred_dist(split.test.inputs)
-    return _score_peer(
-        np.asarray(distribution.loc, dtype=np.float64),
-        np.asarray(distribution.cov, dtype=np.float64),
-        split.test.targets,
-        seconds,
-    )
-
-
-def _score_peer(
-    mean: np.ndarray, covariance: np.ndarray, targets: np.ndarray, seconds: float
-) -> dict[str, float]:
-    """The test metrics of a peer's prediction (mean ``(N, D)``, covariance ``(N, D, D)``, raw units) with
-    ``fit_seconds``, or :data:`FAILED` when a covariance is not a valid one (not symmetric, not positive
-    definite, not finite): covserve's metrics refuse to score it, and the peer gets no number."""
-    try:
-        metrics = compute_metrics(mean, covariance, targets)
-    except ValueError as error:
-        print(f"ngboost failed: its prediction is not a valid Gaussian: {error}", flush=True)
-        return {FAILED: 1.0, "fit_seconds": seconds}
-    metrics["fit_seconds"] = seconds
-    return metrics
-
-
 def _run(
     dataset: str,
     methods: list[Method],
@@ -212,7 +150,7 @@ def _run(
             for method in methods
         }
         if estimators is not None:
-            fits["ngboost"] = partial(_ngboost, split, estimators, trial)
+            fits[NGBOOST] = partial(fit_ngboost, split, estimators, trial)
         for name, compute in fits.items():
             metrics = store.fit(f"{protocol.value}/{dataset}/trial={trial}/{name}", compute)
             if metrics is None:

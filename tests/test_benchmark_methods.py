@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covserve.training.compare import Result, markdown_table, method_label
 from covserve.training.config import ModelConfig
+from covserve.training.methods import DIVERGED, FAILED, fit_ngboost, score_peer
 from tests.degenerate_data import constant_target_split, linearly_dependent_target_split
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -29,16 +31,16 @@ def test_a_diverged_fit_is_recorded_and_counted_in_the_table(
         calibrate=False,
         model=ModelConfig(width=8, depth=1),
     )
-    assert set(metrics) == {_methods.DIVERGED, "fit_seconds"}
-    assert metrics[_methods.DIVERGED] == 1.0
+    assert set(metrics) == {DIVERGED, "fit_seconds"}
+    assert metrics[DIVERGED] == 1.0
     assert "w2 diverged: non-finite gradient" in capsys.readouterr().out
 
     results = [
-        _methods.Result("w2", 0, metrics),
-        _methods.Result("w2", 1, {"nll": 2.0, "fit_seconds": 5.0}),
-        _methods.Result("nll", 0, {"nll": 1.5, "fit_seconds": 6.0}),
+        Result("w2", 0, metrics),
+        Result("w2", 1, {"nll": 2.0, "fit_seconds": 5.0}),
+        Result("nll", 0, {"nll": 1.5, "fit_seconds": 6.0}),
     ]
-    table = _methods.markdown_table(results, ["w2", "nll"], [("nll", "NLL"), ("fit_seconds", "fit s")])
+    table = markdown_table(results, ["w2", "nll"], [("nll", "NLL"), ("fit_seconds", "fit s")])
     assert table[2:] == [
         "| w2 (1 of 2 diverged) | 2 ± 0 | **5 ± 0** |",
         "| nll (1 of 2 trials) | **1.5 ± 0** | 6 ± 0 |",
@@ -51,16 +53,14 @@ def test_ngboost_on_linearly_dependent_targets_is_recorded_as_failed(
     """NGBoost's start inverts the targets' covariance; on singular targets (UCI electrical) the benchmark
     records the fit as failed and the table counts it, instead of ending the run with a traceback."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import _methods
-    import uci
 
-    metrics = uci._ngboost(linearly_dependent_target_split(), estimators=5, seed=0)
+    metrics = fit_ngboost(linearly_dependent_target_split(), estimators=5, seed=0)
 
-    assert set(metrics) == {_methods.FAILED, "fit_seconds"}
+    assert set(metrics) == {FAILED, "fit_seconds"}
     assert "ngboost failed:" in capsys.readouterr().out
-    results = [_methods.Result("ngboost", trial, metrics) for trial in range(2)]
-    results += [_methods.Result("nll", trial, {"nll": 1.5}) for trial in range(2)]
-    table = _methods.markdown_table(results, ["nll", "ngboost"], [("nll", "NLL"), ("fit_seconds", "fit s")])
+    results = [Result("ngboost", trial, metrics) for trial in range(2)]
+    results += [Result("nll", trial, {"nll": 1.5}) for trial in range(2)]
+    table = markdown_table(results, ["nll", "ngboost"], [("nll", "NLL"), ("fit_seconds", "fit s")])
     assert table[2:] == ["| nll | **1.5 ± 0** | — |", "| ngboost (2 of 2 failed) | — | — |"]
 
 
@@ -70,18 +70,16 @@ def test_a_peer_covariance_that_is_not_symmetric_is_recorded_as_failed(
     """NGBoost trained on electrical's split 1 predicted a covariance with ``|S − Sᵀ|`` 0.0024 against
     entries of 7.5: the fit is recorded as failed, and a valid prediction is scored."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import _methods
-    import uci
 
     mean, targets = np.zeros((4, 2)), np.ones((4, 2))
     covariance = np.repeat(np.eye(2)[None], 4, axis=0)
-    valid = uci._score_peer(mean, covariance, targets, seconds=3.0)
+    valid = score_peer(mean, covariance, targets, seconds=3.0)
     assert valid["nll"] == pytest.approx(np.log(2.0 * np.pi) + 1.0)
     assert valid["fit_seconds"] == 3.0
     covariance[2, 0, 1] = 0.5
 
-    assert uci._score_peer(mean, covariance, targets, seconds=3.0) == {
-        _methods.FAILED: 1.0,
+    assert score_peer(mean, covariance, targets, seconds=3.0) == {
+        FAILED: 1.0,
         "fit_seconds": 3.0,
     }
     assert (
@@ -128,14 +126,11 @@ def test_the_per_row_w2_breakdown_against_hand_computed_rows(monkeypatch: pytest
     assert cells["worst_distance"] > 1.0
 
 
-def test_a_method_with_fewer_trials_than_its_cell_says_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import _methods
-
+def test_a_method_with_fewer_trials_than_its_cell_says_how_many() -> None:
     results = [
-        _methods.Result("nll", 0, {"nll": 1.0}),
-        _methods.Result("nll", 1, {"nll": 1.2}),
-        _methods.Result("kl", 0, {"nll": 2.0}),
+        Result("nll", 0, {"nll": 1.0}),
+        Result("nll", 1, {"nll": 1.2}),
+        Result("kl", 0, {"nll": 2.0}),
     ]
-    assert _methods.method_label(results, "kl") == "kl (1 of 2 trials)"
-    assert _methods.method_label(results, "nll") == "nll"
+    assert method_label(results, "kl") == "kl (1 of 2 trials)"
+    assert method_label(results, "nll") == "nll"

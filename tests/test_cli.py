@@ -294,18 +294,34 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_weights(tmp_path: Path
         assert torch.equal(tensor, actual[name]), name
 
 
-def test_compare_runs_every_method_on_synthetic_data(
+def test_compare_puts_the_hybrid_ngboost_and_label_schemes_in_one_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    flags = ["--samples", "400", "--epochs", "1", "--trials", "2", "--methods", "w2-bound,nll,mse"]
-    assert main(["compare", *flags, *TINY, *_output_flags(tmp_path)]) == 0
-    table = capsys.readouterr().out
-    for method in ("w2-bound", "nll", "mse"):
-        assert f"| {method} |" in table
-    assert "KL to truth" in table
+    methods = "w2-bound,w2-bound+targets,hybrid,nll,ngboost"
+    flags = ["--samples", "400", "--epochs", "3", "--hybrid-epochs", "1", "--trials", "2"]
+    flags += ["--methods", methods]
+    assert main(["compare", *flags, "--ngboost-estimators", "5", *TINY, *_output_flags(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 trials on synthetic" in printed
+    assert "at most 3 epochs" in printed
+    assert "residuals labels for names without +scheme, the hybrid's first phase 1" in printed
+    assert "--lr 1e-3 --epochs 40 --labels targets gives their settings" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("| method |"))
+    assert header.split(" | ")[1:5] == ["MSE", "NLL", "NLL without calibration", "factor c"]
+    assert "KL to truth" in header
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and line != header]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == methods.split(",")
     (run,) = (tmp_path / "runs").iterdir()
-    results = json.loads((run / "compare.json").read_text())
-    assert len(results["nll"]["kl_to_truth"]) == 2
+    fits = json.loads((run / "compare.json").read_text())
+    assert [(fit["method"], fit["trial"]) for fit in fits] == [
+        (method, trial) for trial in (0, 1) for method in methods.split(",")
+    ]
+    by_method = {fit["method"]: fit["metrics"] for fit in fits if fit["trial"] == 0}
+    assert "calibration_factor" not in by_method["ngboost"]
+    assert by_method["nll"]["calibration_factor"] > 0
+    assert (run / "hybrid-trial1" / "checkpoint.pt").is_file()
+    assert not (run / "ngboost-trial0").exists()
+    assert (run / "compare.md").read_text().startswith("2 trials on synthetic")
 
 
 @pytest.mark.skipif(not UCI.is_dir(), reason=f"UCI data sets not present at {UCI}")

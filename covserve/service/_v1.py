@@ -60,19 +60,31 @@ async def list_models(plane: DataPlaneDependency) -> Response:
 
 
 PREDICT_EXAMPLES = {
-    "rows": {"inputs": [[-1.5, 0.2, 3.1, 0.7]]},
+    "rows": {"inputs": [[1.96, 3.47, 2.18, 2.25]]},
     "named features and chosen outputs": {
-        "instances": [{"x0": -1.5, "x1": 0.2, "x2": 3.1, "x3": 0.7}],
+        "instances": [{"x0": 1.96, "x1": 3.47, "x2": 2.18, "x3": 2.25}],
         "outputs": ["mean", "std", "correlation", "interval", "mahalanobis_ood"],
         "level": 0.95,
     },
 }
-CONDITION_EXAMPLES = {"one observed target": {"inputs": [[-1.5, 0.2, 3.1, 0.7]], "observed": [{"y1": -2.0}]}}
+CONDITION_EXAMPLES = {
+    "one observed target": {"inputs": [[1.96, 3.47, 2.18, 2.25]], "observed": [{"y1": -2.7}]}
+}
 PREDICT_RESPONSE = {
     "model": "demo",
     "version": 1,
-    "targets": ["y0", "y1"],
-    "outputs": {"mean": [[-0.36, -1.72]], "covariance": [[[7.14, -0.59], [-0.59, 5.85]]]},
+    "targets": ["y0", "y1", "y2", "y3"],
+    "outputs": {
+        "mean": [[1.10, -2.68, -3.33, -4.40]],
+        "covariance": [
+            [
+                [2.85, -0.27, 0.04, 0.20],
+                [-0.27, 2.03, 0.81, 0.73],
+                [0.04, 0.81, 1.93, 0.76],
+                [0.20, 0.73, 0.76, 2.31],
+            ]
+        ],
+    },
 }
 ERRORS = error_responses(400, 401, 404, 413, 503)
 PREDICT_RESPONSES = {

@@ -15,7 +15,7 @@ from pydantic.fields import FieldInfo
 
 from covserve._flags import add_switch, help_with_default, rewrite_deprecated_switches
 from covserve.training import __version__
-from covserve.training.config import ModelConfig, RunConfig, TrainConfig, load_config, parse_method
+from covserve.training.config import ModelConfig, RunConfig, TrainConfig, load_config
 from covserve.training.data import DataConfig
 from covserve.training.errors import (
     ExportError,
@@ -23,6 +23,7 @@ from covserve.training.errors import (
     TrainingInterruptedError,
     UsageError,
 )
+from covserve.training.options import NGBOOST_ESTIMATORS
 
 __all__ = ["main"]
 
@@ -33,7 +34,7 @@ EXIT_CODES = (
     "3 training diverged, 4 the export failed its own verification, 130 interrupted (resume with --resume)"
 )
 EVALUATE_ALL_ROWS, EVALUATE_TEST_ROWS = "all", "test"
-DEFAULT_COMPARE_METHODS = "w2-bound,nll,faithful,beta-nll,nll-tic"
+DEFAULT_COMPARE_METHODS = "w2-bound,hybrid,nll,faithful,beta-nll,nll-tic"
 EXIT_USAGE, EXIT_DIVERGED, EXIT_EXPORT, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 _FLAG_SECTIONS: tuple[tuple[str, type[BaseModel], str, frozenset[str]], ...] = (
@@ -127,8 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     compare = training_command(
         "compare", "train several methods on identical splits and initial weights", frozenset({"method"})
     )
-    compare.add_argument("--methods", default=DEFAULT_COMPARE_METHODS, help="comma-separated losses")
-    compare.add_argument("--trials", type=int, default=3, help="repetitions with seeds seed..seed+K-1")
+    compare.add_argument(
+        "--methods",
+        default=DEFAULT_COMPARE_METHODS,
+        help="comma-separated: a loss or hybrid, optionally +targets, +residuals or +local-linear labels "
+        "(w2-bound+targets is the paper's method), or ngboost when NGBoost is installed "
+        f"(default {DEFAULT_COMPARE_METHODS})",
+    )
+    compare.add_argument(
+        "--trials", type=int, default=3, help="repetitions with seeds seed..seed+K-1 (default 3)"
+    )
+    compare.add_argument(
+        "--ngboost-estimators",
+        type=int,
+        default=NGBOOST_ESTIMATORS,
+        help="NGBoost's boosting rounds, early-stopped on the validation rows "
+        f"(default {NGBOOST_ESTIMATORS})",
+    )
     evaluate_text = (
         "score a published model through ONNX Runtime on a data set; its columns are the model's "
         "(model.json) unless --inputs/--targets say otherwise"
@@ -223,14 +239,21 @@ def _print_published(version: Path | None) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from covserve.training.compare import describe_settings
+    from covserve.training.methods import parse_methods
     from covserve.training.pipeline import compare
 
     config = load_config(args.config, _overrides(args))
     try:
-        methods = [parse_method(name.strip()) for name in str(args.methods).split(",") if name.strip()]
+        methods = parse_methods(str(args.methods))
     except ValueError as error:
         raise UsageError(f"--methods {args.methods!r}: {error}") from None
-    run, comparison = compare(config, methods, args.trials, progress=_progress(args))
+    if args.ngboost_estimators < 1:
+        raise UsageError(f"--ngboost-estimators must be >= 1, got {args.ngboost_estimators}")
+    print(describe_settings(config, args.trials))
+    run, comparison = compare(
+        config, methods, args.trials, progress=_progress(args), ngboost_estimators=args.ngboost_estimators
+    )
     print(f"{len(methods)} methods × {args.trials} trials on {config.data.data}; mean ± std over trials")
     print(comparison.table())
     print(f"saved {run.path / 'compare.md'}")

@@ -112,7 +112,7 @@ class TrainConfig(BaseModel):
     )
     calibrate: bool = Field(
         default=True,
-        description="yes | no: scale Σ by the NLL-optimal factor on the validation rows",
+        description="scale Σ by the NLL-optimal factor on the validation rows",
     )
     device: Device = Field(
         default=Device.AUTO, description="where training runs: auto (CUDA when available), cpu or cuda"

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_NEIGHBOURS",
     "DEFAULT_RESIDUAL_NEIGHBOURS",
     "DEFAULT_TEMPERATURE",
+    "NGBOOST_ESTIMATORS",
     "LabelScheme",
     "LossName",
     "default_neighbours",
@@ -30,6 +31,10 @@ k = 128, 0.257 at 256, 0.193 at 512; ``targets`` is at best 2.65, at k = 16). 25
 trained bound gained most from it in a one-off run with the synthetic benchmark's settings (D = 8,
 trial 0, KL to the truth: w2-bound with residuals 0.286 at k = 64 and 0.201 at 256, the hybrid with
 local-linear labels 0.256 and 0.138), and local-linear's cost grows with k (4 s at D = 20 for k = 512)."""
+
+NGBOOST_ESTIMATORS = 500
+"""NGBoost's boosting rounds in ``covserve-train compare`` and the UCI benchmark (early-stopped on the
+validation rows)."""
 
 DEFAULT_TEMPERATURE = 1.0
 """``τ`` of ``softmax(−d / (τ d̄))``, relative to each query's mean neighbour distance ``d̄``

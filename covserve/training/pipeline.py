@@ -17,12 +17,13 @@ import torch
 
 from covserve import __version__
 from covserve.training.compare import Comparison, run_comparison
-from covserve.training.config import Hybrid, RunConfig, load_config
+from covserve.training.config import RunConfig, load_config
 from covserve.training.data import Split, load_split
 from covserve.training.errors import UsageError
 from covserve.training.export import ModelCard, check_interface_unchanged, export_model
-from covserve.training.losses import LossName
+from covserve.training.methods import Method
 from covserve.training.networks import CovarianceModel
+from covserve.training.options import NGBOOST_ESTIMATORS
 from covserve.training.runs import RunDirectory, create_run_directory
 from covserve.training.trainer import (
     MAX_EPOCHS,
@@ -190,7 +191,12 @@ def fit(
 
 
 def compare(
-    config: RunConfig, methods: list[LossName | Hybrid], trials: int, *, progress: bool = True
+    config: RunConfig,
+    methods: list[Method],
+    trials: int,
+    *,
+    progress: bool = True,
+    ngboost_estimators: int = NGBOOST_ESTIMATORS,
 ) -> tuple[RunDirectory, Comparison]:
     """Train every method ``trials`` times on identical splits and initial weights, in a new run folder
     (created only once the data and the device are known to be usable)."""
@@ -199,7 +205,9 @@ def compare(
     resolve_device(config.train.device)
     load_split(config.data)
     run = start_run(config, "-compare")
-    return run, run_comparison(config, methods, trials, run, progress=progress)
+    return run, run_comparison(
+        config, methods, trials, run, progress=progress, ngboost_estimators=ngboost_estimators
+    )
 
 
 def republish(checkpoint_path: Path, name: str | None, repository: Path | None) -> Path | None:
