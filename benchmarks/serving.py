@@ -31,6 +31,7 @@ import asyncio
 import json
 import math
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -235,10 +236,11 @@ class RawCeiling:
 # ------------------------------------------------------------------------------------------------ the model
 
 
-def _export(repository: Path) -> Path:
-    """Export the demo-shaped model into ``repository``; returns its ``model.onnx``."""
+def _export(repository: Path, name: str = MODEL_NAME, input_scale: float = INPUT_SCALE) -> Path:
+    """Export the demo-shaped model, trained on inputs of spread ``input_scale``, into ``repository`` as
+    ``name``; returns its ``model.onnx``."""
     generator = np.random.default_rng(SEED)
-    inputs = generator.normal(size=(TRAINING_ROWS, IN_DIM)) * INPUT_SCALE + INPUT_SHIFT
+    inputs = generator.normal(size=(TRAINING_ROWS, IN_DIM)) * input_scale + INPUT_SHIFT
     targets = inputs @ generator.normal(size=(IN_DIM, OUT_DIM)) + generator.normal(
         size=(TRAINING_ROWS, OUT_DIM)
     )
@@ -251,7 +253,7 @@ def _export(repository: Path) -> Path:
         model.predict(model.standardise_inputs(torch.as_tensor(inputs, dtype=torch.float32)))
     model.eval()
     card = ModelCard(
-        name=MODEL_NAME,
+        name=name,
         method="w2-bound",
         input_names=tuple(f"x{i}" for i in range(IN_DIM)),
         target_names=tuple(f"y{i}" for i in range(OUT_DIM)),
@@ -418,18 +420,30 @@ class Server:
 
 @contextmanager
 def _server(
-    arguments: list[str], log: Path, source: Path = ROOT, cpus: set[int] | None = None
+    arguments: list[str],
+    log: Path,
+    source: Path = ROOT,
+    cpus: set[int] | None = None,
+    open_files: int | None = None,
 ) -> Iterator[Server]:
     """Run ``python <arguments> --port P`` on a free port until ready, in ``source`` (``python -m``
-    imports that checkout's ``covserve`` first), on ``cpus`` only when given (Linux)."""
+    imports that checkout's ``covserve`` first), on ``cpus`` only when given (Linux), with its soft and
+    hard open-file limits set to ``open_files`` when given."""
     port = _free_port()
+
+    def limits() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, *arguments, "--port", str(port)],
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=source,
-            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+            preexec_fn=None if cpus is None and open_files is None else limits,
         )
         try:
             base_url = f"http://{HOST}:{port}"

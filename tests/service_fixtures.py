@@ -17,6 +17,7 @@ import torch
 import uvicorn
 
 from covserve.service import Settings, create_app
+from covserve.service._connections import uvicorn_config
 from covserve.training.export import ModelCard, export_model
 from covserve.training.networks import Standardisation
 from tests.random_models import random_model
@@ -24,10 +25,13 @@ from tests.random_models import random_model
 STARTUP_TIMEOUT_SECONDS = 60.0
 
 
-def export_tiny_model(repository: Path, name: str, in_dim: int, out_dim: int, kind: str, seed: int) -> Path:
-    """Train-free export of a small random model (BatchNorm statistics warmed on random rows)."""
+def export_tiny_model(
+    repository: Path, name: str, in_dim: int, out_dim: int, kind: str, seed: int, input_scale: float = 3.0
+) -> Path:
+    """Train-free export of a small random model (BatchNorm statistics warmed on random rows), trained on
+    inputs of standard deviation ``input_scale``."""
     generator = np.random.default_rng(seed)
-    inputs = generator.normal(size=(200, in_dim)) * 3.0 + 1.0
+    inputs = generator.normal(size=(200, in_dim)) * input_scale + 1.0
     targets = inputs[:, :1] * generator.normal(size=(1, out_dim)) + generator.normal(size=(200, out_dim))
     torch.manual_seed(seed)
     model = random_model(in_dim, out_dim, kind, Standardisation.fit(inputs, targets), width=16, depth=1)
@@ -52,9 +56,8 @@ def export_tiny_model(repository: Path, name: str, in_dim: int, out_dim: int, ki
 @contextmanager
 def running_server(settings: Settings) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 with a free port, in a thread; yields its base URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
+    local = settings.model_copy(update={"host": "127.0.0.1", "port": 0})
+    server = uvicorn.Server(uvicorn_config(create_app(settings), local, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS

@@ -293,6 +293,10 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_weights(tmp_path: Path
     for name, tensor in expected.items():
         assert torch.equal(tensor, actual[name]), name
 
+    versions = sorted(path.name for path in (interrupted / "models" / "synthetic").iterdir())
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 0  # finished: nothing more to publish
+    assert sorted(path.name for path in (interrupted / "models" / "synthetic").iterdir()) == versions == ["1"]
+
 
 def test_compare_puts_the_hybrid_ngboost_and_label_schemes_in_one_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

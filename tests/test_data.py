@@ -643,3 +643,29 @@ def test_missing_uci_file_names_the_path_and_flag(tmp_path: Path) -> None:
         UsageError, match=re.escape(f"{tmp_path / 'energy.csv'} not found: --data-dir {tmp_path}")
     ):
         load_table(DataConfig(data="uci:energy", data_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("y", [1e20 * (i % 3) for i in range(40)], "target column 'y' has a standard deviation of"),
+        (
+            "y",
+            [1e300 * (i % 3) for i in range(40)],
+            "target column 'y' holds values up to 2e+300, beyond 1e+30",
+        ),
+        ("a", [1e300 * (i % 3) for i in range(40)], "input column 'a' holds values up to 2e+300"),
+        ("a", [1e-13 * (i % 3) for i in range(40)], "input column 'a' varies by a standard deviation of"),
+    ],
+)
+def test_columns_float32_cannot_carry_are_named_with_a_rescaling_hint(
+    tmp_path: Path, column: str, values: list[float], message: str
+) -> None:
+    table = {"a": [float(i) for i in range(40)], "b": [float(i % 7) for i in range(40)]}
+    table["y"] = [float(i % 5) for i in range(40)]
+    table[column] = values
+    rows = [[repr(table[name][i]) for name in ("a", "b", "y")] for i in range(40)]
+    path = write_csv(tmp_path / "extreme.csv", ["a", "b", "y"], rows)
+    with pytest.raises(UsageError, match=re.escape(message)) as refused:
+        load_split(config(path, targets=["y"]))
+    assert "rescale" in str(refused.value)

@@ -292,3 +292,28 @@ def test_tables_only_rewrites_the_tables_from_the_store_and_trains_nothing(
     assert missing.returncode != 0
     assert "--tables-only:" in missing.stderr
     assert "does not exist" in missing.stderr
+
+
+@pytest.mark.slow(
+    reason="starts a dozen servers and training runs for each of two checkouts (about 2 minutes)"
+)
+def test_the_fault_suite_quick_mode_reports_both_columns(
+    benchmark: Callable[..., Finished], tmp_path: Path
+) -> None:
+    """``reliability.py --quick`` against this same checkout as its baseline: every row in both columns, and
+    the answers that do not depend on timing."""
+    output = tmp_path / "reliability.md"
+    finished = benchmark("reliability.py", "--baseline", str(ROOT), "--quick", "--output", str(output))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = {
+        cells[1].strip(): (cells[2].strip(), cells[3].strip())
+        for line in output.read_text().splitlines()
+        if line.startswith("| ") and not line.startswith(("| probe", "|---"))
+        for cells in [line.split("|")]
+    }
+    assert len(rows) > 25
+    assert rows["version 01"] == ("400", "400")
+    assert rows["an inference key unloads a model"] == ("403", "403")
+    assert rows["CSV with targets up to 1e300: exit code"] == ("2", "2")
+    assert rows["tracebacks in the server log"] == ("0", "0")
+    assert rows["schemathesis --checks all"][1].endswith(" passed")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from covserve.service import Settings, create_app
-from covserve.service.cli import DRAIN_SECONDS
+from covserve.service._connections import DRAIN_SECONDS
 from covserve.training.cli import _parser as training_parser
 from tests.service_fixtures import in_process_client, running_server
 

@@ -18,7 +18,6 @@ import tritonclient.http.aio as triton_aio
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from covserve.service import Settings
-from covserve.service._errors import OverloadedError
 from covserve.service._inference import Inference, Outcome
 from covserve.service._metrics import LOG_DET_BUCKETS, ArrayHistogram, ServiceMetrics
 from covserve.service._registry import ServedModels
@@ -149,33 +148,6 @@ def test_a_lone_request_waits_the_delay_and_not_much_longer(repository: Path) ->
     # the timer fires no earlier than the delay; the generous ceiling only catches a missed timer
     assert delay * 0.95 <= outcome.queue_seconds < delay + 2.0
     assert outcome.batch_rows == 2
-
-
-def test_the_waiting_requests_count_against_the_queue_bound(repository: Path) -> None:
-    settings, models, metrics = _served(
-        repository, max_queue_delay_ms=LONG_DELAY_MS, max_batch_size=1000, workers=1, max_queue=2
-    )
-    model = models.get("alpha")
-
-    async def scenario() -> str:
-        inference = Inference(settings, metrics)
-        row = model.checked(np.zeros((1, 3)))
-        waiting = [asyncio.ensure_future(inference.run(model, row)) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        try:
-            await inference.run(model, row)
-        except OverloadedError as error:  # the app answers 503 with Retry-After
-            message = f"{error.retry_after_seconds} {error}"
-        else:
-            message = "accepted"
-        for task in waiting:
-            task.cancel()
-        inference.shutdown()
-        return message
-
-    message = asyncio.run(scenario())
-    assert message.startswith("1 ")
-    assert "3 requests already queued or running" in message
 
 
 def test_tritonclient_aio_gets_the_unbatched_numbers_through_a_batching_server(repository: Path) -> None:

@@ -820,7 +820,7 @@ def test_native_valid_requests_always_succeed(client: httpx.Client, data: st.Dat
 @given(data=st.data())
 def test_oip_infer_survives_structured_requests(client: httpx.Client, data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(list(MODELS)), label="model")
-    version = data.draw(st.none() | st.sampled_from(["1", "01"]), label="version")
+    version = data.draw(st.none() | st.just("1"), label="version")
     body, headers, rows, applied = data.draw(oip_request(MODELS[name][0]), label="request")
     response = _post(client, _infer_path(name, version), body, headers)
     if not applied:

@@ -39,7 +39,7 @@ def test_repository_index_load_and_unload(alpha_repository: Path) -> None:
         assert httpx.post(f"{url}/v2/repository/models/alpha/load").status_code == 200
         assert httpx.post(f"{url}/v1/models/alpha/predict", json=ROW).status_code == 200
         missing = httpx.post(f"{url}/v2/repository/models/nothing/load")
-        assert missing.status_code == 400
+        assert missing.status_code == 404  # no such model folder (400: folders, none valid)
         assert "nothing" in missing.json()["error"]
 
 

@@ -27,13 +27,28 @@ __all__ = ["AccessMiddleware"]
 LOGGER = logging.getLogger("covserve.access")
 OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/redoc")
 METRICS_PATH = "/metrics"
+ADMIN_PATHS = "/v2/repository/"
+AUTHORIZATION = b"authorization"
 BEARER = b"Bearer "
 JSON_HEADERS = [(b"content-type", b"application/json")]
 UNAUTHORISED = "authorization: expected 'Bearer <api key>', got a missing or unknown key"
+UNAUTHORISED_ADMIN = (
+    "authorization: expected 'Bearer <admin key>' for the repository API, got a missing or unknown key"
+)
+ADMIN_OFF = (
+    "the repository API (index, load, unload) is off on this server: start covserve-serve with "
+    "--admin-keys or --admin-key-file to use it"
+)
 
 
 class AccessMiddleware:
-    """Refuses unauthorised (401) and declared-oversized (413) requests, then counts, times and logs.
+    """Refuses unauthorised (401), forbidden (403) and declared-oversized (413) requests, then counts,
+    times and logs.
+
+    Two roles: API keys (``--api-keys``) for inference, model metadata and (with ``--protect-metrics``)
+    ``/metrics``; admin keys (``--admin-keys``) for the repository API, which without admin keys is open
+    only on a loopback host with no API keys, and otherwise refused (403). Two ``Authorization`` headers
+    are a 400, never "the last one wins".
 
     Per request: ``covserve_requests_total{model,version,route,code}``, ``covserve_request_duration_seconds``,
     ``covserve_inflight_requests``, an ``x-request-id`` response header (the client's, or a fresh one) and
@@ -49,12 +64,15 @@ class AccessMiddleware:
         metrics: ServiceMetrics,
         models: ServedModels,
         keys: Sequence[str],
+        admin_keys: Sequence[str],
     ) -> None:
         self._app = app
         self._settings = settings
         self._metrics = metrics
         self._models = models
         self._keys = [key.encode() for key in keys]
+        self._admin_keys = [key.encode() for key in admin_keys]
+        self._admin_open = settings.admin_api_open()
         self._request_ids = _RequestIds()
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self._inflight = 0  # read by the gauge at scrape time: no metric update per request
@@ -68,7 +86,7 @@ class AccessMiddleware:
         headers = dict(scope["headers"])
         path: str = scope["path"]
         request_id = headers.get(b"x-request-id", b"").decode("latin-1") or self._request_ids.next()
-        refusal = self._refusal(path, headers)
+        refusal = self._refusal(path, headers, scope["headers"])
         status = 500
         tagged = (b"x-request-id", request_id.encode("latin-1"))
 
@@ -90,22 +108,29 @@ class AccessMiddleware:
             self._inflight -= 1
             self._account(scope, request_id, status, time.perf_counter() - started)
 
-    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
-        needs_key = (
+    def _refusal(
+        self, path: str, headers: dict[bytes, bytes], raw: list[tuple[bytes, bytes]]
+    ) -> tuple[int, str] | None:
+        supplied = headers.get(AUTHORIZATION)
+        if supplied is not None and sum(1 for name, _ in raw if name == AUTHORIZATION) > 1:
+            return 400, "authorization: expected one Authorization header, got several"
+        if path.startswith(ADMIN_PATHS):
+            if not self._admin_open:
+                if not self._admin_keys:
+                    return 403, ADMIN_OFF
+                if not _authorised(supplied or b"", self._admin_keys):
+                    return 401, UNAUTHORISED_ADMIN
+        elif (
             self._keys
             and not path.startswith(OPEN_PATHS)
             and (path != METRICS_PATH or self._settings.protect_metrics)
-        )
-        if needs_key and not self._authorised(headers.get(b"authorization", b"")):
+            and not _authorised(supplied or b"", self._keys)
+        ):
             return 401, UNAUTHORISED
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self._settings.max_body_bytes:
             return 413, f"body: at most {self._settings.max_body_bytes} bytes, got {declared.decode()}"
         return None
-
-    def _authorised(self, supplied: bytes) -> bool:
-        token = supplied[len(BEARER) :] if supplied.startswith(BEARER) else b""
-        return any(hmac.compare_digest(token, key) for key in self._keys)
 
     def _account(self, scope: Scope, request_id: str, status: int, elapsed: float) -> None:
         model, version = self._served(scope.get("path_params", {}))
@@ -154,6 +179,12 @@ class _RequestIds:
 
     def next(self) -> str:
         return f"{self._prefix}{next(self._count):016x}"
+
+
+def _authorised(supplied: bytes, keys: Sequence[bytes]) -> bool:
+    """Whether ``supplied`` is ``Bearer <one of keys>`` (compared in constant time)."""
+    token = supplied[len(BEARER) :] if supplied.startswith(BEARER) else b""
+    return any(hmac.compare_digest(token, key) for key in keys)
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:

@@ -22,7 +22,7 @@ from covserve.service._registry import ServedModels
 from covserve.service._repository_routes import router as repository_router
 from covserve.service._requests import ConditionRequest, PredictRequest
 from covserve.service._responses import error_response, json_response, service_error_response
-from covserve.service._routing import documented
+from covserve.service._routing import documented, error_responses
 from covserve.service._settings import Settings
 
 __all__ = ["create_app"]
@@ -87,19 +87,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
         message = "route not found" if error.status_code == 404 else str(error.detail)
-        return error_response(error.status_code, f"{request.method} {request.url.path}: {message}")
+        return error_response(
+            error.status_code, f"{request.method} {request.url.path}: {message}", error.headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         LOGGER.exception("unhandled error on %s", request.url.path)
         return error_response(500, "internal error; the server log has the details")
 
-    @app.get("/v2/health/live", tags=["health"], summary="Liveness: the process answers")
+    @app.get(
+        "/v2/health/live",
+        tags=["health"],
+        summary="Liveness: the process answers",
+        response_class=Response,
+        responses={200: {"description": "alive (empty body)"}},
+    )
     async def live() -> Response:
         return Response(status_code=200)
 
     @app.get(
-        "/v2/health/ready", tags=["health"], summary="Readiness: every model loaded, warmed, not draining"
+        "/v2/health/ready",
+        tags=["health"],
+        summary="Readiness: every model loaded, warmed, not draining",
+        response_class=Response,
+        responses={200: {"description": "ready (empty body)"}, **error_responses(503)},
     )
     async def ready(plane: DataPlaneDependency) -> Response:
         reason = plane.models.unready_reason()
@@ -113,7 +125,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
         )
 
-    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["monitoring"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -127,5 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         models=plane.models,
         keys=settings.bearer_keys(),
+        admin_keys=settings.admin_bearer_keys(),
     )
     return app

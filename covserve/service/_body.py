@@ -1,31 +1,51 @@
-"""Reading a request body with a byte limit that holds for chunked uploads too."""
+"""Reading a request body within a byte limit and a deadline, for declared and chunked lengths alike."""
 
 from __future__ import annotations
 
-from starlette.requests import ClientDisconnect, Request
+import asyncio
 
-from covserve.service._errors import TooLargeError
+from starlette.requests import Request
 
-__all__ = ["read_body"]
+from covserve.service._errors import ClientGoneError, InvalidRequestError, RequestTimeoutError, TooLargeError
+
+__all__ = ["declared_length", "read_body"]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body of ``request``; :class:`TooLargeError` as soon as it exceeds ``limit`` bytes.
+def declared_length(request: Request) -> int | None:
+    """The request's ``Content-Length`` (``None`` for a chunked upload); :class:`InvalidRequestError` when
+    it is not a number."""
+    text = request.headers.get("content-length")
+    if text is None:
+        return None
+    if not text.isdigit() or not text.isascii():
+        raise InvalidRequestError(f"content-length: expected a number of bytes, got {text[:40]!r}")
+    return int(text)
 
-    ``Content-Length`` is checked before routing; this also stops a chunked body (which has none) without
-    buffering more than the limit. Reads the ASGI messages directly (``Request.stream`` is an async
-    generator, a measurable cost on small requests); raises ``ClientDisconnect`` as Starlette does.
+
+async def read_body(request: Request, limit: int, timeout_seconds: float) -> bytes:
+    """The body of ``request``: :class:`TooLargeError` as soon as it passes ``limit`` bytes,
+    :class:`RequestTimeoutError` when it is not complete within ``timeout_seconds``, and
+    :class:`ClientGoneError` when the client disconnects first.
+
+    Reads the ASGI messages directly (``Request.stream`` is an async generator, a measurable cost on
+    small requests).
     """
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLargeError(f"body: at most {limit} bytes, got more (chunked upload)")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGoneError(f"body: the client disconnected after {size} bytes")
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise TooLargeError(f"body: at most {limit} bytes for this model, got more")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"body: not complete within {timeout_seconds:g} s (received {size} bytes)"
+        ) from None

@@ -23,10 +23,17 @@ from numpy.typing import NDArray
 
 from covserve.repository import INPUT_NAME, OUTPUT_NAMES
 from covserve.service import gaussian
+from covserve.service._admission import Admission, body_limit
+from covserve.service._body import declared_length, read_body
 from covserve.service._errors import InvalidRequestError, ServiceError, TooLargeError
 from covserve.service._inference import Inference, Outcome
 from covserve.service._metrics import ServiceMetrics
-from covserve.service._oip import TensorInput, encode_infer_response, parse_infer_request
+from covserve.service._oip import (
+    HEADER_LENGTH_HEADER,
+    TensorInput,
+    encode_infer_response,
+    parse_infer_request,
+)
 from covserve.service._registry import ServedModels
 from covserve.service._requests import (
     DEFAULT_OUTPUTS,
@@ -70,6 +77,7 @@ class DataPlane:
         self.settings = settings
         self.models = ServedModels(settings, metrics)
         self.inference = Inference(settings, metrics)
+        self.admission = Admission(settings.workers + settings.max_queue, settings.max_buffered_bytes)
         self._statistics: dict[tuple[str, int], InferenceStatistics] = {}
 
     def statistics(self, model: LoadedModel) -> InferenceStatistics:
@@ -87,23 +95,55 @@ class DataPlane:
 
     # ---------------------------------------------------------------------------------------------- v1
 
-    async def predict(self, name: str, version: str | None, body: bytes) -> dict[str, Any]:
+    def _admit(self, request: Request, model: LoadedModel) -> tuple[int, int]:
+        """Admit ``request`` for ``model`` before its body is read; returns ``(body limit, bytes reserved)``.
+
+        :class:`TooLargeError` when the declared length passes the model's limit, :class:`OverloadedError`
+        when the server has no room (:class:`~covserve.service._admission.Admission`).
+        """
+        settings = self.settings
+        limit = body_limit(model, settings.max_rows, settings.max_body_bytes)
+        declared = declared_length(request)
+        if declared is not None and declared > limit:
+            raise TooLargeError(
+                f"body: at most {limit} bytes for model {model.version.name!r} ({settings.max_rows} rows of "
+                f"{model.version.in_dim} inputs), got {declared}"
+            )
+        reserved = limit if declared is None else declared
+        self.admission.admit(reserved)
+        return limit, reserved
+
+    async def _body(self, request: Request, limit: int) -> bytes:
+        return await read_body(request, limit, self.settings.body_timeout_seconds)
+
+    async def predict(self, name: str, version: str | None, request: Request) -> dict[str, Any]:
         """The v1 predict document for a :class:`PredictRequest` body: model, version, targets, outputs."""
         model = self.models.get(name, version)
-        request = parse_request(body, PredictRequest)
-        outcome = await self.inference.run(model, self._v1_rows(request, model))
+        limit, reserved = self._admit(request, model)
+        try:
+            parsed = parse_request(await self._body(request, limit), PredictRequest, self.settings.max_rows)
+            outcome = await self.inference.run(model, self._v1_rows(parsed, model))
+        finally:
+            self.admission.release(reserved)
         return {
             "model": model.version.name,
             "version": model.version.version,
             "targets": list(model.version.target_names),
-            "outputs": _selected(request.outputs or DEFAULT_OUTPUTS, outcome, request.level),
+            "outputs": _selected(parsed.outputs or DEFAULT_OUTPUTS, outcome, parsed.level),
         }
 
-    async def condition(self, name: str, body: bytes) -> dict[str, Any]:
+    async def condition(self, name: str, request: Request) -> dict[str, Any]:
         """The v1 condition document for a :class:`ConditionRequest` body: per row, the unobserved
         targets' names, conditional mean ``(D - K,)`` and covariance ``(D - K, D - K)``."""
         model = self.models.get(name, None)
-        request = parse_request(body, ConditionRequest)
+        limit, reserved = self._admit(request, model)
+        try:
+            parsed = parse_request(await self._body(request, limit), ConditionRequest, self.settings.max_rows)
+            return await self._condition(model, parsed)
+        finally:
+            self.admission.release(reserved)
+
+    async def _condition(self, model: LoadedModel, request: ConditionRequest) -> dict[str, Any]:
         inputs = self._v1_rows(request, model)
         targets = list(model.version.target_names)
         if len(request.observed) != len(inputs):
@@ -155,8 +195,6 @@ class DataPlane:
             rows = request.inputs or []
         if not rows:
             raise InvalidRequestError("inputs: expected at least one row, got none")
-        if len(rows) > self.settings.max_rows:
-            raise TooLargeError(f"inputs: at most {self.settings.max_rows} rows per request, got {len(rows)}")
         widths = {len(row) for row in rows}
         if widths != {model.version.in_dim}:
             raise InvalidRequestError(
@@ -170,9 +208,7 @@ class DataPlane:
 
     # ---------------------------------------------------------------------------------------------- OIP
 
-    async def infer(
-        self, name: str, version: str | None, body: bytes, header_length: str | None
-    ) -> tuple[bytes, dict[str, str]]:
+    async def infer(self, name: str, version: str | None, request: Request) -> tuple[bytes, dict[str, str]]:
         """The OIP infer response body and headers for a JSON or binary infer request.
 
         Input ``x`` ``[B, M]``; outputs ``mean``, ``covariance`` and ``scale`` (all unless the request
@@ -182,13 +218,25 @@ class DataPlane:
         model = self.models.get(name, version)
         counters = self.statistics(model)
         try:
-            decoded = parse_infer_request(body, header_length, self.settings.max_rows * model.version.in_dim)
-            inputs = _oip_rows(decoded.inputs, model)
-            requested = [output.name for output in decoded.outputs] if decoded.outputs else list(OUTPUT_NAMES)
-            unknown = [output for output in requested if output not in OUTPUT_NAMES]
-            if unknown:
-                raise InvalidRequestError(f"outputs: expected names from {list(OUTPUT_NAMES)}, got {unknown}")
-            outcome = await self.inference.run(model, inputs)
+            limit, reserved = self._admit(request, model)
+            try:
+                decoded = parse_infer_request(
+                    await self._body(request, limit),
+                    request.headers.get(HEADER_LENGTH_HEADER),
+                    self.settings.max_rows * model.version.in_dim,
+                )
+                inputs = _oip_rows(decoded.inputs, model)
+                requested = (
+                    [output.name for output in decoded.outputs] if decoded.outputs else list(OUTPUT_NAMES)
+                )
+                unknown = [output for output in requested if output not in OUTPUT_NAMES]
+                if unknown:
+                    raise InvalidRequestError(
+                        f"outputs: expected names from {list(OUTPUT_NAMES)}, got {unknown}"
+                    )
+                outcome = await self.inference.run(model, inputs)
+            finally:
+                self.admission.release(reserved)
         except ServiceError:
             counters.failure_count += 1
             raise

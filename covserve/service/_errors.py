@@ -7,12 +7,16 @@ to its HTTP status in one table. Every message names the field, what was expecte
 from __future__ import annotations
 
 __all__ = [
+    "ClientGoneError",
+    "ForbiddenError",
     "InvalidRequestError",
     "ModelFailureError",
     "NotFoundError",
     "OverloadedError",
+    "RequestTimeoutError",
     "ServiceError",
     "TooLargeError",
+    "UnanswerableInputError",
 ]
 
 
@@ -26,6 +30,23 @@ class ServiceError(Exception):
 
 class InvalidRequestError(ServiceError):
     """The request is malformed or does not fit the model (a client error)."""
+
+
+class UnanswerableInputError(InvalidRequestError):
+    """Well-formed rows the model cannot answer: its output for them is not finite or not positive
+    definite (inputs far outside what it was trained on)."""
+
+
+class ForbiddenError(ServiceError):
+    """The route is switched off for this server (the repository API without admin keys)."""
+
+
+class RequestTimeoutError(ServiceError):
+    """The client did not send its body within the body timeout."""
+
+
+class ClientGoneError(ServiceError):
+    """The client disconnected before its request was read; nobody receives the answer."""
 
 
 class NotFoundError(ServiceError):

@@ -23,14 +23,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from covserve.service import gaussian
-from covserve.service._errors import ModelFailureError, OverloadedError
+from covserve.service._errors import UnanswerableInputError
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._runtime import LoadedModel, Prediction
 from covserve.service._settings import Settings
 
 __all__ = ["Inference", "Outcome"]
 
-RETRY_AFTER_SECONDS = 1
 MILLISECONDS = 1000.0
 
 
@@ -91,8 +90,6 @@ class Inference:
         self.max_batch_rows = settings.max_batch_size
         self.delay_seconds = settings.max_queue_delay_ms / MILLISECONDS
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="covserve-infer")
-        self._capacity = settings.workers + settings.max_queue
-        self._admitted = 0  # requests queued or running; only touched on the event loop
         self._metrics = metrics
         self._batchers: weakref.WeakKeyDictionary[LoadedModel, _Batcher] = weakref.WeakKeyDictionary()
         self._running: set[asyncio.Task[None]] = set()
@@ -105,28 +102,19 @@ class Inference:
     async def run(self, model: LoadedModel, inputs: NDArray[np.float32]) -> Outcome:
         """Predict raw-unit ``inputs`` ``(B, M)``, as returned by ``model.checked``, with ``model``.
 
-        Raises :class:`OverloadedError` when the queue is full, and :class:`ModelFailureError` when the
-        model returns a non-finite mean or a covariance that is not symmetric positive definite for these
-        rows.
+        Admission (how many requests may wait) is the data plane's
+        (:class:`~covserve.service._admission.Admission`). Raises :class:`UnanswerableInputError` when the
+        model returns a non-finite mean or a covariance that is not symmetric positive definite for a row.
         """
-        if self._admitted >= self._capacity:
-            raise OverloadedError(
-                f"server busy: {self._capacity} requests already queued or running; retry later",
-                RETRY_AFTER_SECONDS,
-            )
-        self._admitted += 1
-        try:
-            entry = _Waiting(inputs, asyncio.get_running_loop().create_future())
-            if self.batching:
-                batcher = self._batchers.get(model)
-                if batcher is None:
-                    batcher = self._batchers[model] = _Batcher(self, model)
-                batcher.add(entry)
-            else:
-                self.start(model, [entry])
-            return await entry.future
-        finally:
-            self._admitted -= 1
+        entry = _Waiting(inputs, asyncio.get_running_loop().create_future())
+        if self.batching:
+            batcher = self._batchers.get(model)
+            if batcher is None:
+                batcher = self._batchers[model] = _Batcher(self, model)
+            batcher.add(entry)
+        else:
+            self.start(model, [entry])
+        return await entry.future
 
     def start(self, model: LoadedModel, batch: list[_Waiting]) -> None:
         """Run ``batch`` as one ``session.run`` in the background and resolve its futures."""
@@ -159,8 +147,13 @@ class Inference:
                 continue
             if not healthy[rows].all():
                 row = int(np.argmin(healthy[rows]))
+                distance = float(distances[rows][row])
                 entry.future.set_exception(
-                    ModelFailureError(f"model {name!r} produced an invalid covariance for row {row}")
+                    UnanswerableInputError(
+                        f"inputs[{row}]: model {name!r} cannot answer this row: its mean or covariance "
+                        f"overflows (the row is at Mahalanobis distance {distance:.3g} from the training "
+                        "inputs, far outside them)"
+                    )
                 )
                 continue
             share = Prediction(

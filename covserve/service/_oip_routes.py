@@ -7,10 +7,11 @@ clients work in binary and JSON modes.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request, Response
 
 from covserve.repository import INPUT_NAME, output_shapes
-from covserve.service._body import read_body
 from covserve.service._data_plane import DataPlane, DataPlaneDependency
 from covserve.service._oip import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
 from covserve.service._responses import json_response
@@ -30,9 +31,10 @@ PLATFORM = "onnxruntime_onnx"
 TAGS = ("open inference protocol",)
 
 router = APIRouter(prefix="/v2", tags=list(TAGS))
+MetadataEndpoint = Callable[[DataPlane, str, "str | None"], Awaitable[Response]]
 
 
-async def model_metadata(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
+async def model_metadata(plane: DataPlaneDependency, name: str, version: str | None) -> Response:
     """Names, versions, platform and tensor signatures; ``properties`` adds provider and provenance."""
     model = plane.models.get(name, version)
     versions = sorted(plane.models.versions[model.version.name])
@@ -57,13 +59,13 @@ async def model_metadata(plane: DataPlaneDependency, name: str, version: str | N
     )
 
 
-async def model_ready(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
+async def model_ready(plane: DataPlaneDependency, name: str, version: str | None) -> Response:
     """200 when the version is loaded and warmed up."""
     model = plane.models.get(name, version)
     return json_response({"name": model.version.name, "ready": bool(plane.models.ready)})
 
 
-async def model_config(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
+async def model_config(plane: DataPlaneDependency, name: str, version: str | None) -> Response:
     """Triton-style model configuration (``max_batch_size`` and per-row dims) for perf_analyzer."""
     model = plane.models.get(name, version)
     return json_response(
@@ -80,7 +82,7 @@ async def model_config(plane: DataPlaneDependency, name: str, version: str | Non
     )
 
 
-async def model_statistics(plane: DataPlaneDependency, name: str, version: str | None = None) -> Response:
+async def model_statistics(plane: DataPlaneDependency, name: str, version: str | None) -> Response:
     """Cumulative inference counters (Triton statistics extension) of one model version."""
     model = plane.models.get(name, version)
     stats = plane.statistics(model)
@@ -112,12 +114,21 @@ async def model_statistics(plane: DataPlaneDependency, name: str, version: str |
 async def infer(plane: DataPlane, request: Request) -> Response:
     """Input ``x`` ``[B, D_in]`` as JSON or binary tensor data; outputs ``mean``, ``covariance`` and
     ``scale`` (all by default), each JSON or binary as the request asks."""
-    body = await read_body(request, plane.settings.max_body_bytes)
     parameters = request.path_params
-    content, headers = await plane.infer(
-        parameters["name"], parameters.get("version"), body, request.headers.get(HEADER_LENGTH_HEADER)
-    )
+    content, headers = await plane.infer(parameters["name"], parameters.get("version"), request)
     return Response(content, headers=headers)
+
+
+def _latest(endpoint: MetadataEndpoint) -> Callable[[DataPlane, str], Awaitable[Response]]:
+    """``endpoint`` for the latest version: a route without ``/versions/{version}`` takes no version (not
+    even as a query parameter, which ``/infer`` would not take either)."""
+
+    async def latest(plane: DataPlaneDependency, name: str) -> Response:
+        return await endpoint(plane, name, None)
+
+    latest.__name__ = f"{endpoint.__name__}_latest"
+    latest.__doc__ = endpoint.__doc__
+    return latest
 
 
 def _register() -> None:
@@ -128,7 +139,7 @@ def _register() -> None:
         ("/config", model_config),
         ("/stats", model_statistics),
     ):
-        router.add_api_route(f"/models/{{name}}{suffix}", endpoint, methods=["GET"])
+        router.add_api_route(f"/models/{{name}}{suffix}", _latest(endpoint), methods=["GET"])
         router.add_api_route(f"/models/{{name}}/versions/{{version}}{suffix}", endpoint, methods=["GET"])
 
 
@@ -144,7 +155,7 @@ INFER_BODY = {
         },
     },
 }
-INFER_RESPONSES = error_responses(400, 401, 404, 413, 500, 503)
+INFER_RESPONSES = error_responses(400, 401, 404, 408, 413, 422, 500, 503)
 DATA_PLANE_ROUTES = tuple(
     DataPlaneRoute(path, infer, summary, TAGS, INFER_BODY, INFER_RESPONSES)
     for path, summary in (

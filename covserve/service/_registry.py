@@ -17,8 +17,9 @@ from covserve.service._settings import Settings
 __all__ = ["ServedModels"]
 
 LOGGER = logging.getLogger("covserve.service")
-VERSION_PATTERN = re.compile(r"[0-9]{1,18}")
-"""A version in a path: ASCII digits, bounded (``str.isdigit`` accepts '²'; ``int`` refuses 4300+ digits)."""
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
+"""A version in a path: a positive integer in ASCII digits without a leading zero, bounded (``str.isdigit``
+accepts '²'; ``int`` refuses 4300+ digits)."""
 MAX_ECHOED_CHARACTERS = 80
 
 
@@ -43,11 +44,15 @@ class ServedModels:
     def refresh(self, only: str | None = None) -> list[Problem]:
         """Rescan the repository (or one model) and load what changed; returns this scan's problems.
 
-        Blocking (sessions are created and warmed up): call it from a worker thread.
+        A version that is served and turns invalid on disk (truncated, sha256 mismatch, unreadable) keeps
+        being served from the session already loaded, as Triton does, and is reported in ``problems``
+        until a valid file replaces it; a version removed from disk stops being served. Blocking (sessions
+        are created and warmed up): call it from a worker thread.
         """
         with self._lock:
-            scan = scan_repository(self._settings.repository)
-            problems = [p for p in scan.problems if only is None or p.path.parent.name == only]
+            root = Path(self._settings.repository)
+            scan = scan_repository(root)
+            problems = [p for p in scan.problems if only is None or _model_of(p, root) == only]
             current = self.versions
             fresh: dict[str, dict[int, LoadedModel]] = {
                 name: versions for name, versions in current.items() if only is not None and name != only
@@ -65,16 +70,27 @@ class ServedModels:
                     loaded = load_model(version, self._settings.device, self._settings.threads)
                 except InvalidModelError as error:
                     problems.append(Problem(version.path, str(error)))
+                    if existing is not None:
+                        fresh.setdefault(version.name, {})[version.version] = existing
                     continue
                 fresh.setdefault(version.name, {})[version.version] = loaded
                 self._metrics.model_info.labels(version.name, str(version.version), loaded.provider).set(1)
                 LOGGER.info("loaded %s version %d on %s", version.name, version.version, loaded.provider)
+            broken = {problem.path for problem in problems}
+            for name, versions in current.items():
+                for number, loaded in versions.items():
+                    if loaded.version.path in broken and number not in fresh.get(name, {}):
+                        fresh.setdefault(name, {})[number] = loaded
+                        LOGGER.warning(
+                            "%s: invalid on disk; still serving the copy loaded before", loaded.version.path
+                        )
             for problem in problems:
                 LOGGER.warning("skipped %s: %s", problem.path, problem.reason)
             if only is not None:
                 self.unloaded.discard(only)
             self.versions = fresh
-            self.problems = problems if only is None else [*self.problems, *problems]
+            kept = [p for p in self.problems if only is not None and _model_of(p, root) != only]
+            self.problems = [*kept, *problems]
             self.ready = True
             return problems
 

@@ -7,13 +7,14 @@ import asyncio
 from fastapi import APIRouter, Response
 
 from covserve.service._data_plane import DataPlaneDependency
-from covserve.service._errors import InvalidRequestError
+from covserve.service._errors import InvalidRequestError, NotFoundError
 from covserve.service._repository import scan_repository
 from covserve.service._responses import json_response
+from covserve.service._routing import error_responses
 
 __all__ = ["index", "load", "router", "unload"]
 
-router = APIRouter(prefix="/v2/repository", tags=["repository"])
+router = APIRouter(prefix="/v2/repository", tags=["repository"], responses=error_responses(403))
 
 
 @router.post("/index", summary="Every version on disk and whether it is served")
@@ -45,12 +46,13 @@ async def index(plane: DataPlaneDependency) -> Response:
 @router.post("/models/{name}/load", summary="Load or reload a model's versions from disk")
 async def load(plane: DataPlaneDependency, name: str) -> Response:
     """Creates and warms new sessions before swapping them in; in-flight requests finish on the old ones.
-    400 when no valid version of ``name`` exists (the reasons are in the message)."""
+    404 when the repository has no folder of ``name``'s versions, 400 when none of them is valid (the
+    reasons are in the message)."""
     problems = await asyncio.to_thread(plane.models.refresh, name)
     if name not in plane.models.versions:
-        reasons = (
-            "; ".join(f"{problem.path}: {problem.reason}" for problem in problems) or "no version folder"
-        )
+        if not problems:
+            raise NotFoundError(f"model {name!r}: the repository has no version of it to load")
+        reasons = "; ".join(f"{problem.path}: {problem.reason}" for problem in problems)
         raise InvalidRequestError(f"model {name!r}: no valid version to load ({reasons})")
     return json_response({})
 

@@ -6,13 +6,22 @@ from enum import Enum
 from typing import TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from covserve.service._errors import InvalidRequestError
+from covserve.service._errors import InvalidRequestError, TooLargeError
 
 __all__ = [
     "DEFAULT_LEVEL",
     "DEFAULT_OUTPUTS",
+    "ROW_FIELDS",
     "ConditionRequest",
     "OutputName",
     "PredictRequest",
@@ -43,8 +52,10 @@ class RowsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[list[float]] | None = Field(default=None, description="rows of raw-unit features")
-    instances: list[dict[str, float]] | None = Field(default=None, description="rows as {feature: value}")
+    inputs: list[list[StrictFloat]] | None = Field(default=None, description="rows of raw-unit features")
+    instances: list[dict[str, StrictFloat]] | None = Field(
+        default=None, description="rows as {feature: value}"
+    )
     columns: list[str] | None = Field(
         default=None,
         description="with 'inputs': the feature name of each column, checked against the model's order",
@@ -65,7 +76,7 @@ class PredictRequest(RowsRequest):
     """``{"inputs": [[...], ...]}`` or ``{"instances": [{...}]}``, optional ``outputs`` and ``level``."""
 
     outputs: list[OutputName] | None = Field(default=None, description="default: mean and covariance")
-    level: float = Field(
+    level: StrictFloat = Field(
         default=DEFAULT_LEVEL, gt=0, lt=1, description="probability of each marginal interval"
     )
 
@@ -81,20 +92,34 @@ class PredictRequest(RowsRequest):
 class ConditionRequest(RowsRequest):
     """Inputs plus, per row, the observed targets ``{"<target>": value}``."""
 
-    observed: list[dict[str, float]] = Field(description="one mapping per row of observed target values")
+    observed: list[dict[str, StrictFloat]] = Field(
+        description="one mapping per row of observed target values"
+    )
 
 
 Request = TypeVar("Request", bound=RowsRequest)
 
 
-def parse_request(body: bytes, schema: type[Request]) -> Request:
-    """``body`` parsed as JSON and validated as ``schema``; :class:`InvalidRequestError` naming the field."""
+ROW_FIELDS = ("inputs", "instances", "observed")
+"""The request fields that hold one entry per row, counted against the row limit before validation."""
+
+
+def parse_request(body: bytes, schema: type[Request], max_rows: int) -> Request:
+    """``body`` parsed as JSON and validated as ``schema``; :class:`InvalidRequestError` naming the field.
+
+    Numbers are strict (a string or a boolean is not a number). The rows are counted right after parsing,
+    before validation: more than ``max_rows`` is a :class:`TooLargeError` without validating any.
+    """
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidRequestError(f"body: expected a JSON object, got invalid JSON ({error})") from None
     if not isinstance(document, dict):
         raise InvalidRequestError(f"body: expected a JSON object, got {type(document).__name__}")
+    for field in ROW_FIELDS:
+        rows = document.get(field)
+        if isinstance(rows, list) and len(rows) > max_rows:
+            raise TooLargeError(f"{field}: at most {max_rows} rows per request, got {len(rows)}")
     try:
         return schema.model_validate(document)
     except ValidationError as error:

@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from starlette.responses import Response
 
 from covserve.service._errors import (
+    ClientGoneError,
+    ForbiddenError,
     InvalidRequestError,
     ModelFailureError,
     NotFoundError,
     OverloadedError,
+    RequestTimeoutError,
     ServiceError,
     TooLargeError,
+    UnanswerableInputError,
 )
 
-__all__ = ["JSON", "STATUS_OF", "error_body", "error_response", "json_response", "service_error_response"]
+__all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "JSON",
+    "STATUS_OF",
+    "error_body",
+    "error_response",
+    "json_response",
+    "service_error_response",
+]
 
 JSON = "application/json"
 
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a client that went away before its answer: counted, never sent."""
+
 STATUS_OF: dict[type[ServiceError], int] = {
     InvalidRequestError: 400,
+    ForbiddenError: 403,
     NotFoundError: 404,
+    RequestTimeoutError: 408,
     TooLargeError: 413,
+    UnanswerableInputError: 422,
+    ClientGoneError: CLIENT_CLOSED_REQUEST,
     ModelFailureError: 500,
     OverloadedError: 503,
 }
@@ -40,7 +60,7 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """An ``{"error": message}`` response with ``status`` and extra ``headers``."""
     return Response(error_body(message), status_code=status, media_type=JSON, headers=headers)
 

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from covserve.service._data_plane import DataPlane
+from covserve.service._registry import VERSION_PATTERN
 from covserve.service._responses import JSON
 
 __all__ = ["DataPlaneRoute", "documented", "error_responses", "json_body"]
@@ -125,7 +126,12 @@ def documented(
             paths = document.setdefault("paths", {})
             for route in routes:
                 paths.setdefault(route.path, {})["post"] = route.operation()
+            for operations in paths.values():
+                for operation in operations.values():
+                    _as_served(operation)
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for unused in VALIDATION_SCHEMAS:
+                schemas.pop(unused, None)
             for model in models:
                 schema = model.model_json_schema(ref_template=REFERENCE)
                 schemas.update(schema.pop("$defs", {}))
@@ -134,3 +140,22 @@ def documented(
         return app.openapi_schema
 
     return openapi
+
+
+VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+"""FastAPI's 422 schemas: covserve renders validation errors as 400 ``{"error": ...}`` instead."""
+SERVED_ERRORS = (400, 401, 404)
+"""What every FastAPI route of covserve can answer besides its own statuses: a bad parameter, a missing
+key, an unknown model or route."""
+
+
+def _as_served(operation: dict[str, Any]) -> None:
+    """Document what the server does: the ``{"error": ...}`` statuses instead of FastAPI's 422, and a
+    version parameter's pattern (a positive integer without a leading zero)."""
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] == "version" and parameter["in"] == "path":
+            parameter["schema"] = {"type": "string", "pattern": f"^{VERSION_PATTERN.pattern}$"}
+    responses = operation.setdefault("responses", {})
+    responses.pop("422", None)
+    for status, response in error_responses(*SERVED_ERRORS).items():
+        responses.setdefault(str(status), response)

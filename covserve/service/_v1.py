@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from covserve.service._body import read_body
 from covserve.service._data_plane import DataPlane, DataPlaneDependency
 from covserve.service._requests import ConditionRequest, PredictRequest
 from covserve.service._responses import JSON, json_response
@@ -18,22 +17,19 @@ router = APIRouter(prefix="/v1", tags=list(TAGS))
 
 async def predict_latest(plane: DataPlane, request: Request) -> Response:
     """Body: ``{"inputs": [[x1, x2, ...]], "outputs": ["mean", "covariance", "interval"], "level": 0.9}``."""
-    body = await read_body(request, plane.settings.max_body_bytes)
-    return json_response(await plane.predict(request.path_params["name"], None, body))
+    return json_response(await plane.predict(request.path_params["name"], None, request))
 
 
 async def predict_version(plane: DataPlane, request: Request) -> Response:
     """As ``/v1/models/{name}/predict`` for one version."""
-    body = await read_body(request, plane.settings.max_body_bytes)
     parameters = request.path_params
-    return json_response(await plane.predict(parameters["name"], parameters["version"], body))
+    return json_response(await plane.predict(parameters["name"], parameters["version"], request))
 
 
 async def condition(plane: DataPlane, request: Request) -> Response:
     """Body: ``{"inputs": [[...]], "observed": [{"<target>": value}]}``; returns, per row, the mean and
     covariance of the unobserved targets given the observed ones (Gaussian conditioning)."""
-    body = await read_body(request, plane.settings.max_body_bytes)
-    return json_response(await plane.condition(request.path_params["name"], body))
+    return json_response(await plane.condition(request.path_params["name"], request))
 
 
 @router.get("/models", summary="Served models")
@@ -86,7 +82,7 @@ PREDICT_RESPONSE = {
         ],
     },
 }
-ERRORS = error_responses(400, 401, 404, 413, 503)
+ERRORS = error_responses(400, 401, 404, 408, 413, 422, 503)
 PREDICT_RESPONSES = {
     200: {"description": "Successful Response", "content": {JSON: {"example": PREDICT_RESPONSE}}},
     **ERRORS,

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from covserve import __version__
 from covserve._flags import add_switch, help_with_default, rewrite_deprecated_switches
 from covserve.service._app import create_app
+from covserve.service._connections import SPARE_FILES, raise_open_file_limit, uvicorn_config
 from covserve.service._data_plane import of_app
 from covserve.service._registry import ServedModels
 from covserve.service._runtime import CUDA_PROVIDER, Device
@@ -25,8 +26,6 @@ __all__ = ["main"]
 
 PROG = "covserve-serve"
 EXIT_USAGE = 2
-DRAIN_SECONDS = 30
-"""Longest wait for in-flight requests after SIGTERM (match Kubernetes' terminationGracePeriodSeconds)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,14 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=False,
-        timeout_graceful_shutdown=DRAIN_SECONDS,
-    )
+    raise_open_file_limit(settings.max_connections + SPARE_FILES)
+    config = uvicorn_config(app, settings)
     _freeze_startup_objects()
     _DrainingServer(config, of_app(app).models).run()
     return 0

@@ -186,10 +186,16 @@ def _fit(args: argparse.Namespace) -> int:
 
     resume = None
     if args.resume is not None:
+        from covserve.training.runs import RunDirectory
         from covserve.training.trainer import load_checkpoint
 
         resume = load_checkpoint(args.resume)
         run_path = args.resume if args.resume.is_dir() else args.resume.parent
+        finished = RunDirectory(run_path).read_report()
+        if finished is not None:
+            published = finished.get("published") or "nothing (not exportable)"
+            print(f"{run_path} finished already and published {published}; nothing to resume")
+            return 0
         config = load_config(run_path / "config.yaml", {})
     else:
         config = load_config(args.config, _overrides(args))

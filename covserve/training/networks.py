@@ -32,13 +32,9 @@ from covserve.training.covariance import (
     make_parameterisation,
     taylor_terms,
 )
-from covserve.training.numerics import constant_columns
+from covserve.training.numerics import MIN_STANDARD_DEVIATION, constant_columns
 
 __all__ = ["CovarianceModel", "Prediction", "ResidualMLP", "Standardisation", "default_width"]
-
-MIN_STANDARD_DEVIATION = 1e-12
-"""Columns whose standard deviation is below this, or constant by
-:data:`~covserve.training.numerics.CONSTANT_COLUMN_RTOL`, are scaled by 1 instead."""
 
 
 def default_width(out_dim: int) -> int:

@@ -19,6 +19,9 @@ __all__ = [
     "INPUT_METRIC_RIDGE",
     "LOCAL_LINEAR_DOF_FLOOR",
     "LOCAL_LINEAR_RIDGE",
+    "MAX_ABS_DATA_VALUE",
+    "MAX_TARGET_STANDARD_DEVIATION",
+    "MIN_STANDARD_DEVIATION",
     "PSEUDO_LABEL_JITTER",
     "RAW_OUTPUT_BOUND",
     "RELATIVE_RIDGE",
@@ -90,6 +93,22 @@ CONSTANT_COLUMN_RTOL: Final = 1e-9
 A column that holds one value ``v`` computes a float64 standard deviation of about ``1e-16 |v|``, not 0,
 so an exact test misses it and standardising then divides rounding noise by rounding noise. Real
 measurements vary far more than ``1e-9`` of their magnitude."""
+
+
+MIN_STANDARD_DEVIATION: Final = 1e-12
+"""Smallest standard deviation of a data column that is not constant: standardisation divides by it, and
+below this float32 rounding of the exported graph swamps the signal. Constant columns (by
+:data:`CONSTANT_COLUMN_RTOL`) are scaled by 1; a varying column below this is refused with a rescaling
+hint."""
+
+MAX_ABS_DATA_VALUE: Final = 1e30
+"""Largest magnitude accepted in a data column: the exported graph computes in float32 (at most 3.4e38),
+and squares and products of standardised values must not overflow in float64 either."""
+
+MAX_TARGET_STANDARD_DEVIATION: Final = 1e15
+"""Largest standard deviation of a target column (``holdout`` protocol, raw units): a covariance scales
+with its square, and the exported float32 covariance must hold it with room for the model's own range
+(``1e30`` leaves eight orders of magnitude below float32's 3.4e38)."""
 
 
 def constant_columns(values: NDArray[np.float64]) -> NDArray[np.bool_]:

@@ -16,7 +16,9 @@ from covserve.training.config import RunConfig
 from covserve.training.data import Table
 from covserve.training.metrics import calibration
 
-__all__ = ["RunDirectory", "create_run_directory"]
+__all__ = ["REPORT_FILE", "RunDirectory", "create_run_directory"]
+
+REPORT_FILE = "report.json"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -43,10 +45,19 @@ class RunDirectory:
             handle.flush()
 
     def write_report(self, report: dict[str, Any]) -> Path:
-        """``report.json``: final test metrics, timings and provenance."""
-        path = self.path / "report.json"
+        """``report.json``: final test metrics, timings and provenance (written last: a run with a report
+        is finished)."""
+        path = self.path / REPORT_FILE
         _write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
         return path
+
+    def read_report(self) -> dict[str, Any] | None:
+        """The finished run's ``report.json``, or ``None`` while the run is unfinished."""
+        path = self.path / REPORT_FILE
+        if not path.is_file():
+            return None
+        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return report
 
     def write_plots(
         self,

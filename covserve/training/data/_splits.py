@@ -12,7 +12,14 @@ from covserve.training.data._columns import DEFAULT_INPUT_FRACTION, default_inpu
 from covserve.training.data._config import DataConfig, Protocol
 from covserve.training.data._table import MIN_PART_ROWS, Split, Table
 from covserve.training.errors import UsageError
-from covserve.training.numerics import CONSTANT_COLUMN_RTOL, TARGET_RANK_TOLERANCE, constant_columns
+from covserve.training.numerics import (
+    CONSTANT_COLUMN_RTOL,
+    MAX_ABS_DATA_VALUE,
+    MAX_TARGET_STANDARD_DEVIATION,
+    MIN_STANDARD_DEVIATION,
+    TARGET_RANK_TOLERANCE,
+    constant_columns,
+)
 
 __all__ = ["TICTAC_SCALE", "make_split"]
 
@@ -50,8 +57,10 @@ def make_split(table: Table, config: DataConfig) -> Split:
     ------
     UsageError
         If a holdout part with a positive fraction, or the training part, would get fewer than
-        :data:`~training.data._table.MIN_PART_ROWS` rows.
+        :data:`~training.data._table.MIN_PART_ROWS` rows, or a column's scale cannot be trained and
+        exported in float32 (:func:`check_column_scales`).
     """
+    check_column_scales(table, config.protocol)
     if config.protocol is Protocol.TICTAC:
         split = _tictac(table, config.seed)
     else:
@@ -60,6 +69,38 @@ def make_split(table: Table, config: DataConfig) -> Split:
     if note is None:
         return split
     return dataclasses.replace(split, description=f"{split.description}\n{note}")
+
+
+def check_column_scales(table: Table, protocol: Protocol) -> None:
+    """Refuse, naming the column, values beyond :data:`MAX_ABS_DATA_VALUE` and (``holdout``, whose targets
+    stay in raw units) a target spread beyond :data:`MAX_TARGET_STANDARD_DEVIATION` or a varying column
+    spread below :data:`MIN_STANDARD_DEVIATION`; each message says how to rescale."""
+    for kind, names, values in (
+        ("input", table.input_names, table.inputs),
+        ("target", table.target_names, table.targets),
+    ):
+        largest = np.abs(values).max(axis=0, initial=0.0)
+        for column in np.flatnonzero(largest > MAX_ABS_DATA_VALUE):
+            raise UsageError(
+                f"{kind} column {names[column]!r} holds values up to {largest[column]:.3g}, beyond "
+                f"{MAX_ABS_DATA_VALUE:g}: the model computes in float32; rescale the column (e.g. divide it "
+                "by a power of ten, or take its logarithm)"
+            )
+        if protocol is Protocol.TICTAC:
+            continue
+        spread = values.std(axis=0)
+        for column in np.flatnonzero((spread < MIN_STANDARD_DEVIATION) & ~constant_columns(values)):
+            raise UsageError(
+                f"{kind} column {names[column]!r} varies by a standard deviation of {spread[column]:.3g}, "
+                f"below {MIN_STANDARD_DEVIATION:g}: rescale it (e.g. multiply it by 1e6)"
+            )
+        if kind == "target":
+            for column in np.flatnonzero(spread > MAX_TARGET_STANDARD_DEVIATION):
+                raise UsageError(
+                    f"target column {names[column]!r} has a standard deviation of {spread[column]:.3g}, "
+                    f"beyond {MAX_TARGET_STANDARD_DEVIATION:g}: its covariance would overflow float32; "
+                    "rescale it (e.g. divide it by a power of ten)"
+                )
 
 
 def _dependent_targets_note(part: Table) -> str | None:
