@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -78,6 +79,7 @@ class DataPlane:
         self.models = ServedModels(settings, metrics)
         self.inference = Inference(settings, metrics)
         self.admission = Admission(settings.workers + settings.max_queue, settings.max_buffered_bytes)
+        self._body_limits: weakref.WeakKeyDictionary[LoadedModel, int] = weakref.WeakKeyDictionary()
         self._statistics: dict[tuple[str, int], InferenceStatistics] = {}
 
     def statistics(self, model: LoadedModel) -> InferenceStatistics:
@@ -102,7 +104,9 @@ class DataPlane:
         when the server has no room (:class:`~covserve.service._admission.Admission`).
         """
         settings = self.settings
-        limit = body_limit(model, settings.max_rows, settings.max_body_bytes)
+        limit = self._body_limits.get(model)
+        if limit is None:  # once per loaded version, not per request
+            limit = self._body_limits[model] = body_limit(model, settings.max_rows, settings.max_body_bytes)
         declared = declared_length(request)
         if declared is not None and declared > limit:
             raise TooLargeError(
