@@ -10,9 +10,13 @@ demo-shaped model (4 inputs, 4 targets) and the same virtual environment:
 
 * a 16 MB body, while a prober asks ``/v2/health/live`` every 10 ms: the answer, its time, the prober's
   worst wait;
-* 128 concurrent 15 MB bodies: the statuses, the 503s' p99, the server's peak RSS;
+* 128 concurrent 15 MB bodies, and 128 valid bodies of the row limit to a server admitting 8 beyond its
+  worker: the statuses, the refusals' p99, the server's CPU time and peak RSS (the load generator on a CPU
+  of its own, the servers on the other, its garbage collector frozen: see :func:`_flood`);
 * 1 100 silent connections to a server whose open-file limit is 1 024: how long until a new client is
-  served; a client that declares 100 bytes and sends 10: how long until the server answers;
+  served; a client that declares 100 bytes and sends 10: how long until the server answers; headers that
+  never complete (a header line every 100 ms); a refused upload that keeps trickling in; bytes that are
+  not HTTP;
 * schemathesis ``--checks all`` against ``/openapi.json`` (``tests/test_service_schema.py``'s settings);
 * unanswerable and hostile inputs: an OIP shape of 16 384³ elements, inputs near float32's maximum, a
   client that leaves mid-body, numbers as strings and booleans, version ``01``, two Authorization headers,
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -53,7 +58,7 @@ import httpx
 import numpy as np
 import orjson
 from _arguments import positive_int
-from _machine import describe_machine
+from _machine import describe_machine, load_generator_pinned
 from _report import write_report
 from serving import HOST, IN_DIM, MODEL_NAME, ROOT, Server, _covserve_arguments, _export, _server
 
@@ -66,11 +71,21 @@ OPEN_FILES = 1024
 PROBE_INTERVAL_SECONDS = 0.01
 CLIENT_TIMEOUT_SECONDS = 60.0
 LOAD_CLIENTS = 8
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 64 * 1024
+"""Bytes a client sends between two looks at its socket for an answer."""
 KEY = "inference-key"
 MAX_ROWS = 4096
 """The servers' default row limit."""
 ADMITTED_QUEUE = 8
+Answer = tuple[int | None, float]
+"""A status (``None``: no answer) and its seconds."""
+FLOOD_SETTLE_SECONDS = 0.2
+"""Wait after a flood's last answer before reading the server's CPU time (closes still in progress)."""
+
+
+TRICKLE_INTERVAL_SECONDS = 0.1
+QUICK_HEADER_TIMEOUT_SECONDS = 2
+"""``--quick`` servers' header timeout (through the environment, which a baseline without it ignores)."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +130,15 @@ async def _exchange(
     *,
     chunk: int = CHUNK_BYTES,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-) -> tuple[int | None, float]:
-    """Send ``head`` then ``body`` in chunks while reading the answer; ``(status or None, seconds)``.
+) -> Answer:
+    """Send ``head`` then ``body`` in chunks while reading the answer; ``(status or None, seconds)``, timed
+    from the first byte sent to the status line (connection set-up is not timed, as wrk and perf_analyzer
+    time requests on open connections).
 
-    Sending stops as soon as an answer arrives (a server that refuses early is not made to read)."""
+    Sending stops as soon as an answer arrives (a server that refuses early is not made to read), and the
+    sender yields to the event loop after every chunk, so that the answer is read when it arrives, as a
+    client polling its socket would: a sender that writes while the kernel takes the bytes would otherwise
+    push megabytes per connection through the loopback before it looks."""
     started = time.perf_counter()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
@@ -133,7 +153,9 @@ async def _exchange(
                 return
             writer.write(body[offset : offset + chunk])
             await writer.drain()
+            await asyncio.sleep(0)
 
+    started = time.perf_counter()
     sender = asyncio.ensure_future(send())
     try:
         line = await asyncio.wait_for(answer, timeout)
@@ -142,8 +164,89 @@ async def _exchange(
         status = None
     elapsed = time.perf_counter() - started
     sender.cancel()
-    writer.close()
+    writer.transport.abort()  # an upload abandoned: what the kernel still holds to send is dropped
     return status, elapsed
+
+
+def _flood(server: Server, head: bytes, body: bytes, count: int) -> tuple[list[Answer], float]:
+    """``count`` concurrent exchanges of ``head`` and ``body`` (:func:`_exchange`); their answers and the
+    server's CPU seconds meanwhile.
+
+    This process's garbage collector is frozen for the flood: a full collection over the objects of the
+    libraries loaded here (torch among them) pauses the client for hundreds of milliseconds, which would be
+    timed as the server's."""
+
+    async def flood() -> list[Answer]:
+        return list(await asyncio.gather(*(_exchange(server.port, head, body) for _ in range(count))))
+
+    gc.collect()
+    gc.freeze()
+    cpu = _cpu_seconds(server.pid)
+    try:
+        answers = asyncio.run(flood())
+    finally:
+        gc.unfreeze()
+    time.sleep(FLOOD_SETTLE_SECONDS)
+    return answers, _cpu_seconds(server.pid) - cpu
+
+
+def _p99(seconds: list[float]) -> float | None:
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
+
+
+def _statuses(answers: list[Answer]) -> str:
+    counts = Counter("none" if status is None else str(status) for status, _ in answers)
+    return ", ".join(f"{count} × {status}" for status, count in sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class Trickled:
+    """What the server did to a connection that kept sending: its status (``None``: no answer), and the
+    seconds until it ended its side (end of stream) and until it refused more bytes (``None``: not within
+    the probe's limit)."""
+
+    status: int | None
+    ended: float | None
+    gone: float | None
+
+    def describe(self, limit: float) -> str:
+        def at(seconds: float | None) -> str:
+            return f"after {seconds:.1f} s" if seconds is not None else f"not within {limit:g} s"
+
+        answer = "no answer" if self.status is None else str(self.status)
+        return f"{answer}; end of stream {at(self.ended)}; connection gone {at(self.gone)}"
+
+
+async def _trickle(port: int, head: bytes, piece: bytes, limit: float) -> Trickled:
+    """Send ``head``, then ``piece`` every :data:`TRICKLE_INTERVAL_SECONDS` until the server refuses more
+    or ``limit`` seconds pass."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    started = time.perf_counter()
+    status: int | None = None
+
+    async def listen() -> float:
+        nonlocal status
+        line = await reader.readline()
+        if line.startswith(b"HTTP/"):
+            status = int(line.split()[1])
+        await reader.read()  # the rest, until the server's end of stream
+        return time.perf_counter() - started
+
+    listening = asyncio.ensure_future(listen())
+    gone = None
+    writer.write(head)
+    try:
+        while time.perf_counter() - started < limit:
+            await asyncio.sleep(TRICKLE_INTERVAL_SECONDS)
+            writer.write(piece)
+            await writer.drain()
+    except OSError:
+        gone = time.perf_counter() - started
+    writer.transport.abort()
+    ended = listening.result() if listening.done() and listening.exception() is None else None
+    listening.cancel()
+    return Trickled(status, ended, gone)
 
 
 def _post_head(path: str, length: int, extra: str = "") -> bytes:
@@ -166,6 +269,12 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The process's user and system CPU time so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
@@ -213,22 +322,13 @@ def _large_body(server: Server, sizes: Sizes) -> dict[str, str]:
 def _overload(server: Server, sizes: Sizes) -> dict[str, str]:
     body = _rows_body(sizes.overload_body_bytes)
     head = _post_head(f"/v1/models/{MODEL_NAME}/predict", len(body))
-
-    async def flood() -> list[tuple[int | None, float]]:
-        return list(
-            await asyncio.gather(*(_exchange(server.port, head, body) for _ in range(sizes.overload_bodies)))
-        )
-
     before = _rss_mib(server.pid)
-    answers = asyncio.run(flood())
-    statuses = Counter("none" if status is None else str(status) for status, _ in answers)
-    refused = sorted(seconds for status, seconds in answers if status in (413, 503))
-    p99 = refused[min(len(refused) - 1, int(0.99 * len(refused)))] if refused else None
+    answers, cpu = _flood(server, head, body, sizes.overload_bodies)
+    p99 = _p99([seconds for status, seconds in answers if status in (413, 503)])
     return {
-        f"{sizes.overload_bodies} × {len(body) / 1e6:.0f} MB: statuses": ", ".join(
-            f"{count} × {status}" for status, count in sorted(statuses.items())
-        ),
-        "refusals (413, 503): p99": _ms(p99),
+        f"{sizes.overload_bodies} × {len(body) / 1e6:.0f} MB: statuses": _statuses(answers),
+        "refusals (413, 503): p99 from the first byte sent": _ms(p99),
+        "server CPU time for the flood": _ms(cpu),
         "server RSS before → peak": f"{before:.0f} → {_peak_rss_mib(server.pid):.0f} MiB",
     }
 
@@ -239,19 +339,13 @@ def _admission(server: Server, sizes: Sizes) -> dict[str, str]:
     row = b"[1.2345678, -2.3456789, 3.4567891, 0.5678912]"
     body = b'{"inputs": [' + b",".join([row] * MAX_ROWS) + b"]}"
     head = _post_head(f"/v1/models/{MODEL_NAME}/predict", len(body))
-
-    async def flood() -> list[tuple[int | None, float]]:
-        exchanges = (_exchange(server.port, head, body) for _ in range(sizes.overload_bodies))
-        return list(await asyncio.gather(*exchanges))
-
-    answers = asyncio.run(flood())
-    statuses = Counter("none" if status is None else str(status) for status, _ in answers)
-    refused = sorted(seconds for status, seconds in answers if status == 503)
-    p99 = refused[min(len(refused) - 1, int(0.99 * len(refused)))] if refused else None
+    answers, cpu = _flood(server, head, body, sizes.overload_bodies)
+    p99 = _p99([seconds for status, seconds in answers if status == 503])
     return {
         f"{sizes.overload_bodies} valid {MAX_ROWS}-row bodies at once, --max-queue {ADMITTED_QUEUE}: "
-        "statuses": (", ".join(f"{count} × {status}" for status, count in sorted(statuses.items()))),
-        "503 p99": _ms(p99),
+        "statuses": _statuses(answers),
+        "503 p99 from the first byte sent": _ms(p99),
+        "server CPU time (admission flood)": _ms(cpu),
         "server peak RSS (admission)": f"{_peak_rss_mib(server.pid):.0f} MiB",
     }
 
@@ -299,6 +393,35 @@ def _slow_body(server: Server, sizes: Sizes) -> dict[str, str]:
         else f"no answer within {sizes.wait_seconds:g} s"
     )
     return {"Content-Length 100, 10 bytes sent: the server": answer}
+
+
+def _trickles(server: Server, sizes: Sizes) -> dict[str, str]:
+    headers = asyncio.run(
+        _trickle(server.port, b"GET /v2/health/live HTTP/1.1\r\n", b"x-slow: 1\r\n", sizes.wait_seconds)
+    )
+    upload = asyncio.run(
+        _trickle(
+            server.port,
+            _post_head(f"/v1/models/{MODEL_NAME}/predict", sizes.overload_body_bytes),
+            b"[1.0, 2.0, 3.0, 4.0]," * 50,
+            sizes.wait_seconds,
+        )
+    )
+    with socket.create_connection((HOST, server.port), timeout=CLIENT_TIMEOUT_SECONDS) as connection:
+        connection.sendall(b"\x16\x03\x01 not http\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status = answer.split(b" ")[1].decode() if answer.startswith(b"HTTP/") else "none"
+    kind = re.search(rb"content-type: ([\w/]+)", answer, re.IGNORECASE)
+    return {
+        "headers never complete (a header line every 100 ms): the server": headers.describe(
+            sizes.wait_seconds
+        ),
+        f"a refused {sizes.overload_body_bytes / 1e6:.0f} MB upload still trickling in (1 KB every 100 ms): "
+        "the server": upload.describe(sizes.wait_seconds),
+        "bytes that are not HTTP: the answer": f"{status} {kind.group(1).decode() if kind else ''}".strip(),
+    }
 
 
 SCHEMATHESIS_CONFIG = """[parameters]
@@ -610,10 +733,15 @@ def _kills_and_resume(source: Path, scratch: Path, sizes: Sizes) -> dict[str, st
 
 @contextmanager
 def _served(
-    source: Path, repository: Path, log: Path, *extra: str, open_files: int | None = None
+    source: Path,
+    repository: Path,
+    log: Path,
+    *extra: str,
+    open_files: int | None = None,
+    cpus: set[int] | None = None,
 ) -> Iterator[Server]:
     with _server(
-        [*_covserve_arguments(repository, "cpu"), *extra], log, source, open_files=open_files
+        [*_covserve_arguments(repository, "cpu"), *extra], log, source, cpus=cpus, open_files=open_files
     ) as server:
         yield server
 
@@ -627,16 +755,20 @@ def _probe(source: Path, template: Path, scratch: Path, sizes: Sizes) -> dict[st
     with _served(source, repository, log) as server:
         figures |= _large_body(server, sizes)
         figures |= _slow_body(server, sizes)
+        figures |= _trickles(server, sizes)
         figures |= _hostile_inputs(server, log)
         figures |= _skipped_growth(server, repository, sizes)
         figures |= _reload_and_corruption(server, repository, sizes)
         figures |= _soak(server, sizes)
         figures |= _schemathesis(server, sizes, scratch)  # last: its stateful phase unloads models
-    with _served(source, repository, scratch / f"overload-{source.name}.log") as server:
-        figures |= _overload(server, sizes)
     queue = ("--max-queue", str(ADMITTED_QUEUE), "--workers", "1")
-    with _served(source, repository, scratch / f"admission-{source.name}.log", *queue) as server:
-        figures |= _admission(server, sizes)
+    with load_generator_pinned() as cpus:
+        with _served(source, repository, scratch / f"overload-{source.name}.log", cpus=cpus) as server:
+            figures |= _overload(server, sizes)
+        with _served(
+            source, repository, scratch / f"admission-{source.name}.log", *queue, cpus=cpus
+        ) as server:
+            figures |= _admission(server, sizes)
     with _served(source, repository, scratch / f"idle-{source.name}.log", open_files=OPEN_FILES) as server:
         figures |= _idle_connections(server, sizes)
     os.environ["COVSERVE_API_KEYS"] = KEY
@@ -656,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = QUICK if args.quick else FULL
     if args.soak_seconds is not None:
         sizes = Sizes(**{**sizes.__dict__, "soak_seconds": float(args.soak_seconds)})
+    if args.quick:
+        os.environ["COVSERVE_HEADER_TIMEOUT_SECONDS"] = str(QUICK_HEADER_TIMEOUT_SECONDS)
     load = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="covserve-reliability-") as directory:

@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 import uvicorn
 from _arguments import positive_float, positive_int, positive_ints
-from _machine import describe_machine
+from _machine import describe_machine, load_generator_pinned
 from _report import write_report
 from serving import (
     BATCHING,
@@ -51,8 +51,6 @@ from serving import (
 SECONDS = 2.0
 ROUNDS = 3
 QUARTILES = (0.25, 0.75)
-PINNED_CPUS = 2
-"""CPUs needed to pin the servers and the load generator apart."""
 TOLERANCE = 0.10
 """A cell whose requests/s ratio (this checkout ÷ baseline) is below ``1 - TOLERANCE`` is flagged."""
 
@@ -111,17 +109,6 @@ def _revision(source: Path) -> str:
     return (result.stdout.strip() or "unknown revision") + dirty
 
 
-def _pin_load_generator() -> set[int] | None:
-    """Pin this process to the second allowed CPU; the servers' CPU set (the first), or None if unpinned."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < PINNED_CPUS:
-        return None
-    os.sched_setaffinity(0, {allowed[1]})
-    return {allowed[0]}
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Run both servers, measure every cell on each, print and write the comparison."""
     parser = argparse.ArgumentParser(
@@ -144,9 +131,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--baseline: {baseline_source} is not a covserve checkout (no covserve/service/)")
 
     load_at_start = os.getloadavg()[0]
-    server_cpus = _pin_load_generator()
     comparisons: list[Comparison] = []
-    with tempfile.TemporaryDirectory(prefix="covserve-serving-compare-") as scratch:
+    with (
+        load_generator_pinned() as server_cpus,
+        tempfile.TemporaryDirectory(prefix="covserve-serving-compare-") as scratch,
+    ):
         directory = Path(scratch)
         _export(directory / "models")
         loads = [make(rows) for make in (_native_load, _oip_load) for rows in args.rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import shutil
 import socket
 import time
@@ -17,13 +18,18 @@ import pytest
 
 from covserve.service import Settings
 from covserve.service._admission import BODY_OVERHEAD_BYTES, Admission
-from covserve.service._connections import OVER_CAPACITY_RESPONSE
+from covserve.service._connections import (
+    MALFORMED_RESPONSE,
+    OVER_CAPACITY_RESPONSE,
+    header_timeout_response,
+)
 from covserve.service._errors import OverloadedError
 from tests.service_fixtures import export_tiny_model, in_process_client, running_server
 
 MAX_ROWS = 50
 IDLE_SECONDS = 1
 BODY_SECONDS = 0.5
+HEADER_SECONDS = 0.5
 SOCKET_TIMEOUT_SECONDS = 10.0
 
 
@@ -35,6 +41,7 @@ def server(served_repository: Path) -> Iterator[str]:
         max_rows=MAX_ROWS,
         idle_timeout_seconds=IDLE_SECONDS,
         body_timeout_seconds=BODY_SECONDS,
+        header_timeout_seconds=HEADER_SECONDS,
         max_connections=8,
     )
     with running_server(settings) as url:
@@ -85,6 +92,60 @@ def test_a_body_that_never_completes_is_a_408(server: str) -> None:
         head, _, body = _response(connection).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body) == {"error": f"body: not complete within {BODY_SECONDS:g} s (received 9 bytes)"}
+
+
+def test_a_refused_upload_sent_whole_gets_its_answer_and_a_clean_close(server: str) -> None:
+    """A client that sends its whole body before reading (as ``http.client`` does) gets the 413, marked
+    ``connection: close``, then the end of the stream: the server discards the rest instead of resetting
+    the connection under it (a broken pipe here, and the answer lost)."""
+    declared = 16_000_000
+    with _connect(server) as connection:
+        connection.sendall(
+            b"POST /v1/models/alpha/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"content-length: {declared}\r\n\r\n".encode()
+            + b" " * declared
+        )
+        answer = _response(connection)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert b"\r\nconnection: close" in head
+    assert json.loads(body)["error"].startswith("body: at most ")
+
+
+def test_a_small_unread_body_keeps_the_connection(server: str) -> None:
+    with httpx.Client(base_url=server) as client:
+        missing = client.post("/v1/models/nope/predict", json={"inputs": [[1.0, 2.0, 3.0]]})
+        answered = client.post("/v1/models/alpha/predict", json={"inputs": [[1.0, 2.0, 3.0]]})
+    assert missing.status_code == 404
+    assert "connection" not in missing.headers
+    assert answered.status_code == 200
+    assert answered.extensions["network_stream"] is missing.extensions["network_stream"]
+
+
+def test_headers_sent_a_byte_at_a_time_are_a_408_after_the_header_timeout(server: str) -> None:
+    request = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-padding: " + b"a" * 100
+    with _connect(server) as connection:
+        started = time.monotonic()
+        for byte in request:
+            if select.select([connection], [], [], 0)[0]:
+                break  # the server answered: stop sending
+            connection.sendall(bytes([byte]))
+            time.sleep(0.02)
+        answer = _response(connection)
+        elapsed = time.monotonic() - started
+    assert answer == header_timeout_response(HEADER_SECONDS)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json")
+    assert answer.endswith(b'{"error":"headers: not complete within 0.5 s of the request\'s first byte"}')
+    assert HEADER_SECONDS * 0.9 <= elapsed < len(request) * 0.02
+
+
+def test_bytes_that_are_not_http_get_a_json_400_and_a_close(server: str) -> None:
+    with _connect(server) as connection:
+        connection.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        assert _response(connection) == MALFORMED_RESPONSE
+    head, _, body = MALFORMED_RESPONSE.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json")
+    assert json.loads(body)["error"].startswith("request: not a valid HTTP/1.1 request")
 
 
 def test_a_silent_connection_is_closed_after_the_idle_timeout(server: str) -> None:

@@ -31,6 +31,12 @@ ADMIN_PATHS = "/v2/repository/"
 AUTHORIZATION = b"authorization"
 BEARER = b"Bearer "
 JSON_HEADERS = [(b"content-type", b"application/json")]
+CLOSE = (b"connection", b"close")
+"""Sent with a response that leaves a large request body unread: the connection is closed after it (the
+server's lingering close) rather than kept by reading and discarding the rest of a refused upload."""
+DISCARDED_BODY_BYTES = 256 * 1024
+"""Largest unread body a connection is kept for (read and discarded after the response), as Go's
+net/http does."""
 UNAUTHORISED = "authorization: expected 'Bearer <api key>', got a missing or unknown key"
 UNAUTHORISED_ADMIN = (
     "authorization: expected 'Bearer <admin key>' for the repository API, got a missing or unknown key"
@@ -55,6 +61,9 @@ class AccessMiddleware:
     one JSON access-log line (unless ``access_log`` is off). The ``model`` and ``version`` labels name
     served models only (a path naming anything else is counted under ``""``), so clients cannot grow the
     label set. Keys are compared in constant time and never logged.
+
+    A response that leaves more than :data:`DISCARDED_BODY_BYTES` of its request's body unread (a refusal
+    before the body is read: 401, 404, 413, 503) carries ``connection: close``.
     """
 
     def __init__(
@@ -89,18 +98,27 @@ class AccessMiddleware:
         refusal = self._refusal(path, headers, scope["headers"])
         status = 500
         tagged = (b"x-request-id", request_id.encode("latin-1"))
+        unread = _large_body(headers)
+
+        async def receive_counted() -> Message:
+            nonlocal unread
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                unread = False
+            return message
 
         async def send_tagged(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), tagged]
+                extra = [tagged, CLOSE] if unread else [tagged]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         self._inflight += 1
         try:
             if refusal is None:
-                await self._app(scope, receive, send_tagged)
+                await self._app(scope, receive_counted if unread else receive, send_tagged)
             else:
                 code, message = refusal
                 await _send_error(send_tagged, code, message)
@@ -179,6 +197,15 @@ class _RequestIds:
 
     def next(self) -> str:
         return f"{self._prefix}{next(self._count):016x}"
+
+
+def _large_body(headers: dict[bytes, bytes]) -> bool:
+    """Whether the request's body is too large to discard for keeping the connection: a declared length
+    over :data:`DISCARDED_BODY_BYTES`, or a chunked upload (its length unknown)."""
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit():
+        return int(declared) > DISCARDED_BODY_BYTES
+    return b"transfer-encoding" in headers
 
 
 def _authorised(supplied: bytes, keys: Sequence[bytes]) -> bool:

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=10.0, gt=0, le=3600, description="longest wait for a request body, in seconds (then 408)"
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="longest wait for a request's headers from its first byte, in seconds (then 408 and "
+        "the connection is closed)",
+    )
     idle_timeout_seconds: int = Field(
         default=5,
         ge=1,
