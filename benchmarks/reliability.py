@@ -168,6 +168,11 @@ async def _exchange(
     return status, elapsed
 
 
+async def _exchanges(port: int, head: bytes, body: bytes, count: int) -> list[Answer]:
+    """``count`` concurrent :func:`_exchange` calls."""
+    return list(await asyncio.gather(*(_exchange(port, head, body) for _ in range(count))))
+
+
 def _flood(server: Server, head: bytes, body: bytes, count: int) -> tuple[list[Answer], float]:
     """``count`` concurrent exchanges of ``head`` and ``body`` (:func:`_exchange`); their answers and the
     server's CPU seconds meanwhile.
@@ -176,14 +181,11 @@ def _flood(server: Server, head: bytes, body: bytes, count: int) -> tuple[list[A
     libraries loaded here (torch among them) pauses the client for hundreds of milliseconds, which would be
     timed as the server's."""
 
-    async def flood() -> list[Answer]:
-        return list(await asyncio.gather(*(_exchange(server.port, head, body) for _ in range(count))))
-
     gc.collect()
     gc.freeze()
     cpu = _cpu_seconds(server.pid)
     try:
-        answers = asyncio.run(flood())
+        answers = asyncio.run(_exchanges(server.port, head, body, count))
     finally:
         gc.unfreeze()
     time.sleep(FLOOD_SETTLE_SECONDS)
@@ -291,8 +293,13 @@ def _ms(seconds: float | None) -> str:
 # ------------------------------------------------------------------------------------------ probes
 
 
+LARGE_BODIES_AT_ONCE = 4
+
+
 def _large_body(server: Server, sizes: Sizes) -> dict[str, str]:
+    """One large body, then :data:`LARGE_BODIES_AT_ONCE` at once, while a prober asks for liveness."""
     body = _rows_body(sizes.large_body_bytes)
+    head = _post_head(f"/v1/models/{MODEL_NAME}/predict", len(body))
     stop = threading.Event()
     waits: list[float] = []
 
@@ -304,19 +311,22 @@ def _large_body(server: Server, sizes: Sizes) -> dict[str, str]:
                 waits.append(time.perf_counter() - started)
                 time.sleep(PROBE_INTERVAL_SECONDS)
 
-    prober = threading.Thread(target=probe)
-    prober.start()
-    time.sleep(0.2)
-    status, seconds = asyncio.run(
-        _exchange(server.port, _post_head(f"/v1/models/{MODEL_NAME}/predict", len(body)), body)
-    )
-    time.sleep(0.2)
-    stop.set()
-    prober.join()
-    return {
-        f"{len(body) / 1e6:.0f} MB body: answer": f"{status} in {_ms(seconds)}",
-        "health check worst wait meanwhile": _ms(max(waits)),
-    }
+    figures = {}
+    for count in (1, LARGE_BODIES_AT_ONCE):
+        label = f"{count} × {len(body) / 1e6:.0f} MB " + ("bodies at once" if count > 1 else "body")
+        waits.clear()
+        stop.clear()
+        prober = threading.Thread(target=probe)
+        prober.start()
+        time.sleep(0.2)
+        answers = asyncio.run(_exchanges(server.port, head, body, count))
+        time.sleep(0.2)
+        stop.set()
+        prober.join()
+        slowest = max(seconds for _, seconds in answers)
+        figures[f"{label}: answers"] = f"{_statuses(answers)}, the last in {_ms(slowest)}"
+        figures[f"health check worst wait meanwhile ({label})"] = _ms(max(waits))
+    return figures
 
 
 def _overload(server: Server, sizes: Sizes) -> dict[str, str]:
@@ -325,11 +335,22 @@ def _overload(server: Server, sizes: Sizes) -> dict[str, str]:
     before = _rss_mib(server.pid)
     answers, cpu = _flood(server, head, body, sizes.overload_bodies)
     p99 = _p99([seconds for status, seconds in answers if status in (413, 503)])
+    quiet = _under_load(server.port, sizes.load_seconds, lambda: None)
+
+    def floods() -> None:
+        deadline = time.perf_counter() + sizes.load_seconds
+        while time.perf_counter() < deadline:
+            asyncio.run(_exchanges(server.port, head, body, sizes.overload_bodies))
+
+    flooded = _under_load(server.port, sizes.load_seconds, floods)
     return {
         f"{sizes.overload_bodies} × {len(body) / 1e6:.0f} MB: statuses": _statuses(answers),
         "refusals (413, 503): p99 from the first byte sent": _ms(p99),
         "server CPU time for the flood": _ms(cpu),
         "server RSS before → peak": f"{before:.0f} → {_peak_rss_mib(server.pid):.0f} MiB",
+        f"valid requests of {LOAD_CLIENTS} clients answered while floods follow one another, of those "
+        "answered without": f"{flooded['200'] / max(1, quiet['200']):.0%} "
+        f"({flooded['200']} of {quiet['200']})",
     }
 
 
@@ -476,6 +497,10 @@ def _hostile_inputs(server: Server, log: Path) -> dict[str, str]:
         padded = client.post(
             f"/v1/models/{MODEL_NAME}/versions/01/predict", json={"inputs": [[1, 2, 3, 4]]}
         ).status_code
+        not_allowed = client.get(f"/v1/models/{MODEL_NAME}/predict")
+        queried = client.get(f"/v2/models/{MODEL_NAME}?version=7").status_code
+        infer = {"inputs": [{"name": "x", "shape": [1, IN_DIM], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        queried_infer = client.post(f"/v2/models/{MODEL_NAME}/infer?version=7", json=infer).status_code
     asyncio.run(
         _exchange(server.port, _post_head(f"/v1/models/{MODEL_NAME}/predict", 1000), b"{", timeout=0.5)
     )
@@ -495,6 +520,9 @@ def _hostile_inputs(server: Server, log: Path) -> dict[str, str]:
         "tracebacks in the server log": str(tracebacks),
         '[[true, false, "1", 2]] as inputs': str(typed),
         "version 01": str(padded),
+        "GET on a POST route: status, Allow": f"{not_allowed.status_code}, "
+        + not_allowed.headers.get("allow", "none"),
+        "?version=7 (not a version) on metadata, on infer": f"{queried}, {queried_infer}",
     }
 
 

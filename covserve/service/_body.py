@@ -11,15 +11,19 @@ from covserve.service._errors import ClientGoneError, InvalidRequestError, Reque
 __all__ = ["declared_length", "read_body"]
 
 
+CONTENT_LENGTH = b"content-length"
+
+
 def declared_length(request: Request) -> int | None:
     """The request's ``Content-Length`` (``None`` for a chunked upload); :class:`InvalidRequestError` when
-    it is not a number."""
-    text = request.headers.get("content-length")
-    if text is None:
-        return None
-    if not text.isdigit() or not text.isascii():
-        raise InvalidRequestError(f"content-length: expected a number of bytes, got {text[:40]!r}")
-    return int(text)
+    it is not a number. Read from the raw ASGI headers (a ``Headers`` object costs more than the scan)."""
+    for name, value in request.scope["headers"]:
+        if name == CONTENT_LENGTH:
+            if not value.isdigit():
+                shown = value[:40].decode("latin-1")
+                raise InvalidRequestError(f"content-length: expected a number of bytes, got {shown!r}")
+            return int(value)
+    return None
 
 
 async def read_body(request: Request, limit: int, timeout_seconds: float) -> bytes:
@@ -28,24 +32,39 @@ async def read_body(request: Request, limit: int, timeout_seconds: float) -> byt
     :class:`ClientGoneError` when the client disconnects first.
 
     Reads the ASGI messages directly (``Request.stream`` is an async generator, a measurable cost on
-    small requests).
+    small requests). The deadline is one timer that cancels this task, as ``asyncio.timeout`` arranges,
+    without its per-use bookkeeping, which cost a single-row request a third of its data-plane time.
     """
+    task = asyncio.current_task()
+    assert task is not None, "read_body runs in a task"
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    deadline = asyncio.get_running_loop().call_later(timeout_seconds, expire)
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout_seconds):
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGoneError(f"body: the client disconnected after {size} bytes")
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise TooLargeError(f"body: at most {limit} bytes for this model, got more")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except TimeoutError:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGoneError(f"body: the client disconnected after {size} bytes")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(f"body: at most {limit} bytes for this model, got more")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        task.uncancel()
         raise RequestTimeoutError(
             f"body: not complete within {timeout_seconds:g} s (received {size} bytes)"
         ) from None
+    finally:
+        deadline.cancel()
