@@ -42,6 +42,7 @@ __all__ = [
     "ContractError",
     "DataSummary",
     "ModelMetadata",
+    "NeighbourSearch",
     "TrainingInputs",
     "check_interface",
     "is_version_name",
@@ -120,6 +121,20 @@ class TrainingInputs(_Schema):
         return np.asarray(self.covariance, dtype=np.float64)
 
 
+class NeighbourSearch(_Schema):
+    """How the pseudo-labels' neighbours were found: the ``index`` used (``requested`` on the command line,
+    chosen for ``reason``), its wall ``seconds``, and for an approximate index the ``recall`` measured on
+    ``recall_rows`` sample rows against exact neighbours (``None`` for an exact index)."""
+
+    requested: NonEmptyString
+    index: NonEmptyString
+    reason: str
+    seconds: Annotated[float, Field(ge=0)]
+    recall: Annotated[float, Field(ge=0, le=1)] | None = None
+    recall_rows: Annotated[int, Field(ge=0)] = 0
+    parameters: dict[str, int | float | str] = Field(default_factory=dict)
+
+
 class ModelMetadata(_Schema):
     """``model.json``: one published version's names, dims, provenance and training-input statistics.
 
@@ -138,6 +153,7 @@ class ModelMetadata(_Schema):
     method: NonEmptyString
     hybrid_epochs: Annotated[int, Field(ge=0)] = 0
     labels: str | None = None
+    neighbour_search: NeighbourSearch | None = None
     parameterisation: NonEmptyString
     opset: Annotated[int, Field(ge=1)]
     onnx_sha256: str

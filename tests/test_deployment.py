@@ -402,6 +402,116 @@ def test_the_kserve_predictor_speaks_on_its_declared_port() -> None:
     assert environment["COVSERVE_REPOSITORY"] == "/mnt/models"
 
 
+PYTORCH_JOB = K8S / "kubeflow" / "pytorchjob.yaml"
+PYTORCH_JOB_PORT = 23456  # the Training Operator's default rendezvous port (PytorchJobDefaultPort)
+
+
+def _pytorch_job() -> dict[str, Any]:
+    (job,) = _documents(PYTORCH_JOB)
+    return job
+
+
+def _launch(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """``torchrun ARGS`` split into torchrun's own flags and the training CLI's arguments."""
+    module = arguments.index("-m")
+    assert arguments[module + 1] == "covserve.training", arguments
+    return arguments[:module], arguments[module + 2 :]
+
+
+def test_the_pytorchjob_runs_torchrun_over_the_training_cli_into_the_models_claim() -> None:
+    """Master and Worker pods pass the Kubernetes schema, run the same ``torchrun -m covserve.training fit``
+    as the operator's ``pytorch`` container, and the master publishes into the serving claim."""
+    job = _pytorch_job()
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job["metadata"]["name"])  # the operator's DNS-1035
+    assert int(job["spec"]["nprocPerNode"]) >= 1  # not the operator's default, auto: one per core on a CPU
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"}
+    assert replicas["Master"]["replicas"] == 1
+    assert replicas["Worker"]["replicas"] >= 1
+    train_image = _container(_base("Job", "covserve-train")["spec"]["template"]["spec"], "train")["image"]
+    launches = set()
+    for replica_type, replica in replicas.items():
+        assert replica["restartPolicy"] in {"OnFailure", "Never"}
+        template = replica["template"]
+        metadata = {"name": f"{job['metadata']['name']}-{replica_type.lower()}"}
+        document = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": metadata, "template": template}
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)  # raises when invalid
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsUser"] == 10001
+        container = _container(pod, "pytorch")
+        assert container["image"] == train_image
+        assert container["command"] == ["torchrun"]
+        launches.add(tuple(container["args"]))
+    assert len(launches) == 1, launches  # one command for all; the operator's variables tell pods apart
+    _, training = _launch(list(launches.pop()))
+    arguments = training_parser().parse_args(training)
+    assert arguments.command == "fit"
+    assert (ROOT / arguments.config).is_file()
+    master = replicas["Master"]["template"]["spec"]
+    container = _container(master, "pytorch")
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert str(arguments.repository) == mounts["models"]
+    claims = {volume["name"]: volume.get("persistentVolumeClaim", {}) for volume in master["volumes"]}
+    serving = _base("Deployment", "covserve")["spec"]["template"]["spec"]["volumes"]
+    serving_models = next(volume for volume in serving if volume["name"] == "models")
+    assert claims["models"]["claimName"] == serving_models["persistentVolumeClaim"]["claimName"]
+
+
+def test_torchrun_takes_the_pytorchjobs_topology_from_the_operators_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch's own parser, given the ``PET_*`` variables the Training Operator sets on a worker, reads the
+    sizes and the master's address from them (no flag in the manifest overrides them); the README's plain
+    torchrun commands parse too."""
+    from torch.distributed.run import get_args_parser
+
+    for name in [name for name in os.environ if name.startswith("PET_")]:
+        monkeypatch.delenv(name)
+    job = _pytorch_job()
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    master = _container(replicas["Master"]["template"]["spec"], "pytorch")
+    ports = {port["name"]: port["containerPort"] for port in master.get("ports", [])}
+    operator = {
+        "PET_NNODES": str(sum(replica["replicas"] for replica in replicas.values())),
+        "PET_NPROC_PER_NODE": job["spec"]["nprocPerNode"],
+        "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": f"{job['metadata']['name']}-master-0",
+        "PET_MASTER_PORT": str(ports.get("pytorchjob-port", PYTORCH_JOB_PORT)),
+    }
+    for name, value in operator.items():
+        monkeypatch.setenv(name, value)
+    worker = _container(replicas["Worker"]["template"]["spec"], "pytorch")
+    launch = get_args_parser().parse_args(worker["args"])
+    assert launch.module
+    assert launch.training_script == "covserve.training"
+    assert launch.training_script_args == _launch(worker["args"])[1]
+    assert launch.nnodes == operator["PET_NNODES"]
+    assert launch.nproc_per_node == operator["PET_NPROC_PER_NODE"]
+    assert launch.node_rank == 1
+    assert launch.rdzv_backend == "static"  # the rendezvous that uses the master's address and node ranks
+    assert (launch.master_addr, launch.master_port) == (operator["PET_MASTER_ADDR"], PYTORCH_JOB_PORT)
+
+    for name in operator:
+        monkeypatch.delenv(name)
+    commands = [
+        shlex.split(line.strip().strip("`"), comments=True)
+        for line in (DOCKER / "README.md").read_text().splitlines()
+        if line.strip().strip("`").startswith("torchrun ")
+    ]
+    assert len(commands) >= 2
+    for command in commands:
+        launch = get_args_parser().parse_args(command[1:])
+        assert launch.module
+        assert launch.training_script == "covserve.training"
+        arguments = training_parser().parse_args(launch.training_script_args)
+        assert arguments.command == "fit"
+        assert (ROOT / arguments.config).is_file()
+        if launch.nnodes not in {"1", "1:1"}:  # several machines need the rendezvous endpoint, not 127.0.0.1
+            assert launch.rdzv_backend == "c10d"
+            assert launch.rdzv_endpoint
+
+
 def test_the_readmes_compose_commands_name_real_profiles_and_files() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"].values()

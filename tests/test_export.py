@@ -173,6 +173,7 @@ def test_metadata(published: Published, kind: str) -> None:
         "method": "w2-bound",
         "hybrid_epochs": 0,
         "labels": "residuals",
+        "neighbour_search": None,
         "parameterisation": kind,
         "opset": opsets[""],
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import UnionType
-from typing import Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -24,6 +26,10 @@ from covserve.training.errors import (
     UsageError,
 )
 from covserve.training.options import NGBOOST_ESTIMATORS
+
+if TYPE_CHECKING:
+    from covserve.training.data import Split
+    from covserve.training.distributed import Ranks
 
 __all__ = ["main"]
 
@@ -181,7 +187,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 # and usage errors answer at once.
 
 
-def _fit(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class _FitPlan:
+    """What a ``fit`` trains on, settled (by rank 0 alone in a distributed run) before training starts."""
+
+    config: RunConfig
+    split: Split
+    run_path: Path
+    resume: dict[str, Any] | None
+
+
+def _plan_fit(args: argparse.Namespace) -> _FitPlan | int:
+    """Read the configuration (or the run to resume), the data and the checkpoint; create the run folder.
+    An exit code instead when there is nothing to train."""
     from covserve.training.data import load_split
 
     resume = None
@@ -203,23 +221,64 @@ def _fit(args: argparse.Namespace) -> int:
             return 0
     split = load_split(config.data)  # a fresh fit's data errors answer here, before torch is imported
 
-    from covserve.training.pipeline import check_fit_split, check_publishable, fit, start_run
-    from covserve.training.runs import RunDirectory
+    from covserve.training.pipeline import check_fit_split, check_publishable, start_run
 
     check_fit_split(config, split)
-    if args.resume is not None:
-        run = RunDirectory(run_path)
-    else:
+    if args.resume is None:
         check_publishable(config, split)
-        run = start_run(config)
+        run_path = start_run(config).path
     print(split.description)
-    print(f"run directory: {run.path}")
+    print(f"run directory: {run_path}")
+    return _FitPlan(config, split, run_path, resume)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    """``fit`` in this process, or as one rank of a ``torchrun`` launch: rank 0 plans the run (reads every
+    file, creates the run folder) and sends the plan, or its error, to every rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        plan = _plan_fit(args)
+        return plan if isinstance(plan, int) else _train_plan(args, plan, None)
+    from covserve.training.distributed import finish, start
+
+    ranks = start()
+    try:
+        planned: _FitPlan | int | Exception | None = None
+        if ranks.main:
+            try:
+                planned = _plan_fit(args)
+            except Exception as error:  # every rank must learn why rank 0 stopped, or they would wait
+                planned = error
+        planned = ranks.broadcast(planned)
+        if isinstance(planned, Exception):
+            raise planned
+        assert planned is not None, "rank 0 always sends a plan, an exit code or an error"
+        return planned if isinstance(planned, int) else _train_plan(args, planned, ranks)
+    finally:
+        finish()
+
+
+def _train_plan(args: argparse.Namespace, plan: _FitPlan, ranks: Ranks | None) -> int:
+    from covserve.training.distributed import SINGLE
+    from covserve.training.pipeline import fit
+    from covserve.training.runs import RunDirectory
 
     def report_epoch(record: dict[str, float]) -> None:
         summary = "  ".join(f"{key} {value:.4g}" for key, value in record.items() if key != "epoch")
         print(f"epoch {int(record['epoch'])}: {summary}", flush=True)
 
-    outcome = fit(config, split, run, resume=resume, progress=_progress(args), on_epoch=report_epoch)
+    ranks = ranks or SINGLE
+    outcome = fit(
+        plan.config,
+        plan.split,
+        RunDirectory(plan.run_path),
+        resume=plan.resume,
+        progress=_progress(args) and ranks.main,
+        on_epoch=report_epoch,
+        on_search=lambda search: print(search.summary(), flush=True),
+        ranks=ranks,
+    )
+    if outcome is None:
+        return 0
     print(outcome.training_summary())
     _print_published(outcome.version)
     print(f"report: {outcome.report_path}")

@@ -11,7 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from covserve.training.data import DataConfig
 from covserve.training.errors import UsageError
-from covserve.training.options import DEFAULT_TEMPERATURE, LabelScheme, LossName, default_neighbours
+from covserve.training.options import (
+    DEFAULT_TEMPERATURE,
+    LabelScheme,
+    LossName,
+    NeighbourIndex,
+    default_neighbours,
+)
 
 __all__ = [
     "Device",
@@ -110,6 +116,11 @@ class TrainConfig(BaseModel):
         gt=0,
         description="pseudo-label softmax temperature, relative to the neighbour distances",
     )
+    neighbour_index: NeighbourIndex = Field(
+        default=NeighbourIndex.AUTO,
+        description="pseudo-label neighbour search: auto (by the number of rows and inputs), exact (every "
+        "pair), kdtree (exact, for few inputs) or faiss (approximate, its recall measured and reported)",
+    )
     calibrate: bool = Field(
         default=True,
         description="scale Σ by the NLL-optimal factor on the validation rows",
@@ -120,7 +131,8 @@ class TrainConfig(BaseModel):
     threads: int = Field(
         default=1,
         ge=1,
-        description="CPU threads for training (the per-step work is too small to share)",
+        description="CPU threads for training (the per-step work is too small to share) and workers of "
+        "the neighbour search",
     )
     seed: int = Field(
         default=0,

@@ -60,6 +60,7 @@ from covserve.repository import (
     ContractError,
     DataSummary,
     ModelMetadata,
+    NeighbourSearch,
     TrainingInputs,
     check_interface,
     is_version_name,
@@ -133,6 +134,8 @@ class ModelCard:
     """The pseudo-label scheme the covariance was trained on (``None``: the method uses no labels)."""
     hybrid_epochs: int = 0
     """Epochs of the W2 bound before ``method`` (the hybrid); 0 when ``method`` trained alone."""
+    neighbour_search: dict[str, Any] | None = None
+    """How the pseudo-labels' neighbours were found (``SearchReport.as_dict``); ``None`` without labels."""
 
 
 def export_model(
@@ -201,6 +204,9 @@ def export_model(
         method=card.method,
         hybrid_epochs=card.hybrid_epochs,
         labels=card.labels,
+        neighbour_search=None
+        if card.neighbour_search is None
+        else NeighbourSearch.model_validate(card.neighbour_search),
         parameterisation=model.kind.value,
         opset=_default_opset(proto),
         onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(),

@@ -10,6 +10,7 @@ the labels an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -17,7 +18,9 @@ from torch import Tensor
 
 from covserve.training.config import TrainConfig
 from covserve.training.data import Table
+from covserve.training.distributed import SINGLE, Ranks
 from covserve.training.errors import UsageError
+from covserve.training.neighbour_search import SearchReport
 from covserve.training.networks import CovarianceModel
 from covserve.training.pseudolabels import (
     LabelScheme,
@@ -28,6 +31,27 @@ from covserve.training.pseudolabels import (
 )
 
 __all__ = ["RunLabels", "refresh_due"]
+
+
+def _gathered(share: Neighbourhoods, ranks: Ranks) -> Neighbourhoods:
+    """Every row's neighbourhoods from each rank's ``share``; the search report of rank 0 with the slowest
+    rank's seconds and the recall averaged over every rank's sample."""
+    count = len(share.whitened)
+    reports = ranks.gather(share.search)
+    search = reports[0]
+    if search is not None:
+        recalls = [(r.recall, r.recall_rows) for r in reports if r is not None and r.recall is not None]
+        rows = sum(sampled for _, sampled in recalls)
+        search = dataclasses.replace(
+            search,
+            seconds=max(r.seconds for r in reports if r is not None),
+            recall=sum(value * sampled for value, sampled in recalls) / rows if rows else None,
+            recall_rows=rows,
+        )
+    return Neighbourhoods(
+        ranks.gather_rows(share.index, count), ranks.gather_rows(share.weights, count), share.whitened, search
+    )
+
 
 PREDICTION_CHUNK = 4096
 """Rows per forward pass of the mean network when a refresh predicts every training row."""
@@ -58,10 +82,15 @@ class RunLabels:
         self.current = self._compute(initial, None)
 
     @classmethod
-    def build(cls, model: CovarianceModel, table: Table, config: TrainConfig) -> RunLabels:
+    def build(
+        cls, model: CovarianceModel, table: Table, config: TrainConfig, ranks: Ranks = SINGLE
+    ) -> RunLabels:
         """Search the neighbourhoods of ``table``'s standardised inputs and compute the first labels.
 
-        Raises :class:`UsageError` naming ``--neighbours`` when ``local-linear`` has too few neighbours.
+        Over several ``ranks`` each searches the neighbours of its share of the query rows and the shares
+        are gathered, so every rank holds the same neighbourhoods (and labels) of every row; the recall of
+        an approximate index is the mean over the ranks' samples. Raises :class:`UsageError` naming
+        ``--neighbours`` when ``local-linear`` has too few neighbours.
         """
         device = model.input_mean.device
         inputs = model.standardise_inputs(torch.as_tensor(table.inputs, dtype=torch.float32, device=device))
@@ -74,8 +103,23 @@ class RunLabels:
                 f"--neighbours {neighbours}: --labels local-linear fits {inputs.shape[1] + 1} coefficients "
                 f"per neighbourhood and needs at least {inputs.shape[1] + 2} neighbours"
             )
-        neighbourhoods = find_neighbourhoods(inputs, neighbours=neighbours, temperature=config.temperature)
+        neighbourhoods = find_neighbourhoods(
+            inputs,
+            neighbours=neighbours,
+            temperature=config.temperature,
+            index=config.neighbour_index,
+            threads=config.threads,
+            seed=config.seed,
+            rows=ranks.share(len(table)) if ranks.distributed else None,
+        )
+        if ranks.distributed:
+            neighbourhoods = _gathered(neighbourhoods, ranks)
         return cls(neighbourhoods, targets, config.labels, config.label_refresh)
+
+    @property
+    def search(self) -> SearchReport | None:
+        """How the neighbourhoods were found."""
+        return self._neighbourhoods.search
 
     @property
     def refreshes(self) -> bool:

@@ -16,8 +16,10 @@ __all__ = [
     "NGBOOST_ESTIMATORS",
     "LabelScheme",
     "LossName",
+    "NeighbourIndex",
     "default_neighbours",
     "parse_label_scheme",
+    "parse_neighbour_index",
 ]
 
 DEFAULT_NEIGHBOURS = 64
@@ -81,3 +83,25 @@ def parse_label_scheme(scheme: LabelScheme | str) -> LabelScheme:
     except ValueError:
         valid = ", ".join(s.value for s in LabelScheme)
         raise ValueError(f"scheme: expected one of {valid}, got {scheme!r}") from None
+
+
+class NeighbourIndex(str, Enum):
+    """How the pseudo-labels' neighbours are searched; plain strings such as ``"faiss"`` are accepted."""
+
+    AUTO = "auto"
+    """Chosen from the number of rows and inputs (:func:`covserve.training.neighbour_search.choose_index`)."""
+    EXACT = "exact"
+    """Every pair's distance in blocked matrix products: the reference, ``O(N² M)``."""
+    KDTREE = "kdtree"
+    """``scipy.spatial.cKDTree``: exact, fast for few inputs."""
+    FAISS = "faiss"
+    """A FAISS inverted-file index: approximate, its recall measured on a sample at every run."""
+
+
+def parse_neighbour_index(index: NeighbourIndex | str) -> NeighbourIndex:
+    """``index`` as a :class:`NeighbourIndex`; ``ValueError`` listing the valid names otherwise."""
+    try:
+        return NeighbourIndex(index)
+    except ValueError:
+        valid = ", ".join(i.value for i in NeighbourIndex)
+        raise ValueError(f"neighbour index: expected one of {valid}, got {index!r}") from None

@@ -19,9 +19,11 @@ from covserve import __version__
 from covserve.training.compare import Comparison, run_comparison
 from covserve.training.config import RunConfig, load_config
 from covserve.training.data import Split, load_split
+from covserve.training.distributed import SINGLE, Ranks
 from covserve.training.errors import UsageError
 from covserve.training.export import ModelCard, check_interface_unchanged, export_model
 from covserve.training.methods import Method
+from covserve.training.neighbour_search import SearchReport
 from covserve.training.networks import CovarianceModel
 from covserve.training.options import NGBOOST_ESTIMATORS
 from covserve.training.runs import RunDirectory, create_run_directory
@@ -105,8 +107,14 @@ def start_run(config: RunConfig, suffix: str = "") -> RunDirectory:
     return run
 
 
-def model_card(config: RunConfig, split: Split, test_metrics: dict[str, float]) -> ModelCard:
-    """The ``model.json`` contents a run knows: names, method, labels, data and training-input statistics."""
+def model_card(
+    config: RunConfig,
+    split: Split,
+    test_metrics: dict[str, float],
+    neighbour_search: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The ``model.json`` contents a run knows: names, method, labels and their neighbour search, data and
+    training-input statistics."""
     return ModelCard(
         name=config.name,
         method=config.train.method.value,
@@ -119,18 +127,25 @@ def model_card(config: RunConfig, split: Split, test_metrics: dict[str, float]) 
         training_input_covariance=np.atleast_2d(np.cov(split.train.inputs, rowvar=False)),
         labels=config.train.labels.value if uses_pseudo_labels(config.train) else None,
         hybrid_epochs=config.train.bound_epochs,
+        neighbour_search=neighbour_search,
     )
 
 
 def publish(
-    model: CovarianceModel, config: RunConfig, split: Split, metrics: dict[str, float]
+    model: CovarianceModel,
+    config: RunConfig,
+    split: Split,
+    metrics: dict[str, float],
+    neighbour_search: dict[str, Any] | None = None,
 ) -> Path | None:
-    """Export ``model`` as the next version of ``config.name``; ``None`` for a ``tic`` model."""
+    """Export ``model`` as the next version of ``config.name``; ``None`` for a ``tic`` model.
+    ``neighbour_search`` (:meth:`SearchReport.as_dict`) is recorded in ``model.json``."""
     if model.kind.value == "tic":
         return None
     check_publishable(config, split)
     verification = split.test.inputs[:VERIFICATION_ROWS]
-    return export_model(model.cpu(), model_card(config, split, metrics), config.repository, verification)
+    card = model_card(config, split, metrics, neighbour_search)
+    return export_model(model.cpu(), card, config.repository, verification)
 
 
 def fit(
@@ -141,16 +156,21 @@ def fit(
     resume: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-) -> FitOutcome:
+    on_search: Callable[[SearchReport], None] | None = None,
+    ranks: Ranks = SINGLE,
+) -> FitOutcome | None:
     """Train (or continue ``resume``), score the test split, plot, publish and write ``report.json``.
 
-    ``on_epoch`` sees every epoch's record after it is appended to the run's ``metrics.jsonl``.
+    ``on_epoch`` sees every epoch's record after it is appended to the run's ``metrics.jsonl``;
+    ``on_search`` how the pseudo-labels' neighbours were found. Over several ``ranks`` every rank trains
+    and only rank 0 writes, scores, publishes and returns the outcome (the others return ``None``).
     """
 
     def record_epoch(record: dict[str, float]) -> None:
-        run.append_epoch(record)
-        if on_epoch is not None:
-            on_epoch(record)
+        if ranks.main:
+            run.append_epoch(record)
+            if on_epoch is not None:
+                on_epoch(record)
 
     result = train(
         split,
@@ -160,10 +180,15 @@ def fit(
         resume=resume,
         progress=progress,
         on_epoch=record_epoch,
+        on_search=on_search if ranks.main else None,
+        ranks=ranks,
     )
+    if not ranks.main:
+        return None
+    search = None if result.neighbour_search is None else result.neighbour_search.as_dict()
     mean, covariance, metrics = score(result.model, split.test, torch.device(result.device))
     run.write_plots(result.history, split.test, mean, covariance, kept_epoch=result.best_epoch)
-    version = publish(result.model, config, split, metrics)
+    version = publish(result.model, config, split, metrics, search)
     report: dict[str, Any] = {
         "test_metrics": metrics,
         "best_epoch": result.best_epoch,
@@ -174,6 +199,7 @@ def fit(
         "process_peak_rss_mib": result.process_peak_rss_mib,
         "training_memory_growth_mib": result.peak_memory_mib,
         "device": result.device,
+        "neighbour_search": search,
         "data": {"description": split.description, "split_sizes": split.sizes()},
         "published": str(version) if version is not None else None,
         "covserve_version": __version__,

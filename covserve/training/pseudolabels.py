@@ -61,7 +61,6 @@ time is ``O(N² M)`` for the distances plus ``O(N k D²)`` for the labels (``loc
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from enum import Enum
@@ -69,6 +68,13 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from covserve.training.neighbour_search import (
+    DEFAULT_CHUNK_ELEMENTS,
+    DEFAULT_TILE_COLUMNS,
+    NeighbourIndex,
+    SearchReport,
+    search,
+)
 from covserve.training.numerics import (
     INPUT_METRIC_RIDGE,
     LOCAL_LINEAR_DOF_FLOOR,
@@ -91,6 +97,7 @@ __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TILE_COLUMNS",
     "LabelScheme",
+    "NeighbourIndex",
     "Neighbourhoods",
     "PseudoLabels",
     "TemperatureScale",
@@ -113,21 +120,6 @@ class TemperatureScale(str, Enum):
     """``scale = d̄ᵢ``, the query's mean squared neighbour distance: independent of ``M`` and ``N``."""
     ABSOLUTE = "absolute"
     """``scale = 1``: the printed Algorithm 1 (with ``τ = 1``), for paper comparisons."""
-
-
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
-"""Upper bound on the ``chunk × tile`` distance entries held at once (32 MiB in float64)."""
-
-SELECTION_GROUP = 32
-"""Columns per group in the exact grouped nearest-neighbour selection (:func:`_smallest`)."""
-
-DEFAULT_TILE_COLUMNS = 1 << 15
-"""Candidate neighbours per distance block. Bounding the tile, not only the block, keeps at least
-``chunk_elements / tile_columns`` (128) query rows per matrix product however large ``N`` grows, so each
-tile of keys is read once per 128 queries: at N = 1 000 000 a block of all ``N`` columns would hold only 4
-query rows and re-read every key for each 4. Measured side by side on one core against whole-row blocks
-(the same rows, one process): 4.0× faster at N = 1 000 000 and M = 32, 1.75× at M = 8; 1.1 to 1.2× at
-N = 100 000 and 0.97 to 1.2× at N = 30 000."""
 
 
 @dataclass(frozen=True)
@@ -183,60 +175,6 @@ def _validate_search(inputs: Tensor, neighbours: int, temperature: float, includ
         raise ValueError(f"temperature: expected a positive number (or inf), got {temperature}")
 
 
-def _nearest(
-    queries: Tensor,
-    keys: Tensor,
-    rows: Tensor,
-    neighbours: int,
-    include_self: bool,
-    buffer: Tensor,
-    tile: int,
-) -> tuple[Tensor, Tensor]:
-    """The ``neighbours`` smallest ``‖zⱼ‖² − 2 zᵢ·zⱼ`` of each query, ascending, and their row indices.
-
-    ``queries`` ``(C, M + 1)`` are ``[zᵢ, 1]`` for the rows ``rows`` ``(C,)``; ``keys`` ``(M + 1, N)`` are
-    ``[−2 zⱼ; ‖zⱼ‖²]``, so one plain matrix product per ``tile`` keys, written into the reused flat
-    ``buffer`` (at least ``C × tile`` entries), ranks candidates like the squared distance (``‖zᵢ‖²`` is
-    constant along a row and is added to the survivors only); that is 1.5 to 4.5× faster on CPU than a
-    broadcast ``addmm``. Each tile keeps its own best ``neighbours`` (:func:`_smallest`); a final selection
-    over the survivors is exact.
-    """
-    count, chunk = keys.shape[1], queries.shape[0]
-    survivors: list[tuple[Tensor, Tensor]] = []
-    for first in range(0, count, tile):
-        last = min(first + tile, count)
-        block = buffer[: chunk * (last - first)].view(chunk, last - first)
-        partial = torch.mm(queries, keys[:, first:last], out=block)
-        own = ((rows >= first) & (rows < last)).nonzero().squeeze(1)
-        partial[own, rows[own] - first] = -keys[-1, rows[own]] if include_self else math.inf
-        ranked, index = _smallest(partial, neighbours)
-        survivors.append((ranked, index + first))
-    ranked = torch.cat([ranked for ranked, _ in survivors], dim=1)
-    index = torch.cat([index for _, index in survivors], dim=1)
-    best, position = torch.topk(ranked, neighbours, dim=1, largest=False, sorted=True)
-    return best, index.gather(1, position)
-
-
-def _smallest(block: Tensor, neighbours: int) -> tuple[Tensor, Tensor]:
-    """The ``min(neighbours, W)`` smallest entries of each row of ``block`` ``(C, W)`` and their columns.
-
-    Exact, and about 1.4× faster than ``topk`` over a 32 768-wide row: the row is cut into groups of
-    :data:`SELECTION_GROUP` columns, and only the ``neighbours`` groups with the smallest minima can hold
-    the row's ``neighbours`` smallest entries (those minima are ``neighbours`` entries no larger than any
-    entry of the other groups), so ``topk`` runs over their ``neighbours × group`` entries only.
-    """
-    chunk, width = block.shape
-    groups = width // SELECTION_GROUP
-    if groups <= neighbours or width % SELECTION_GROUP:
-        return torch.topk(block, min(neighbours, width), dim=1, largest=False, sorted=False)
-    minima = block.view(chunk, groups, SELECTION_GROUP).amin(dim=2)
-    nearest_groups = torch.topk(minima, neighbours, dim=1, largest=False, sorted=False).indices
-    offsets = torch.arange(SELECTION_GROUP, device=block.device)
-    columns = (nearest_groups[:, :, None] * SELECTION_GROUP + offsets).reshape(chunk, -1)
-    ranked, position = torch.topk(block.gather(1, columns), neighbours, dim=1, largest=False, sorted=False)
-    return ranked, columns.gather(1, position)
-
-
 @dataclass(frozen=True)
 class Neighbourhoods:
     """The ``k`` nearest training rows of every training row and their softmax weights.
@@ -250,6 +188,8 @@ class Neighbourhoods:
     index: Tensor
     weights: Tensor
     whitened: Tensor
+    search: SearchReport | None = None
+    """How the neighbours were found (``None`` when built by hand)."""
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -285,43 +225,45 @@ def find_neighbourhoods(
     temperature: float = DEFAULT_TEMPERATURE,
     temperature_scale: TemperatureScale | str = TemperatureScale.RELATIVE,
     include_self: bool = True,
+    index: NeighbourIndex | str = NeighbourIndex.AUTO,
+    threads: int = 1,
+    rows: slice | None = None,
+    seed: int = 0,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     tile_columns: int = DEFAULT_TILE_COLUMNS,
 ) -> Neighbourhoods:
-    """The Mahalanobis neighbourhoods of every row of ``inputs`` ``(N, M)``, in float64.
+    """The Mahalanobis neighbourhoods of the rows ``rows`` (default all) of ``inputs`` ``(N, M)``, in float64.
 
-    Distances are computed in blocks of ``chunk`` query rows × ``tile_columns`` candidate rows holding at
-    most ``chunk_elements`` entries; the result does not depend on either.
+    ``index`` chooses the search (:mod:`covserve.training.neighbour_search`; ``threads`` are its workers,
+    ``seed`` draws its recall samples). The exact search computes distances in blocks of ``chunk`` query
+    rows × ``tile_columns`` candidate rows holding at most ``chunk_elements`` entries; the result does not
+    depend on either. With ``rows``, ``index`` and ``weights`` hold those rows only (one share of a
+    distributed run), ``whitened`` every row.
     """
     _validate_search(inputs, neighbours, temperature, include_self)
     relative = _temperature_is_relative(temperature_scale)
     x = inputs.to(torch.float64)
-    count = x.shape[0]
     whitened = (x - x.mean(dim=0)) @ mahalanobis_whitening(x)
-    squared_norms = whitened.square().sum(dim=1)
-    tile = min(count, tile_columns)
-    if tile > SELECTION_GROUP * neighbours:
-        tile -= tile % SELECTION_GROUP
-    chunk = max(1, min(count, chunk_elements // tile))
-    keys = torch.cat([-2.0 * whitened, squared_norms[:, None]], dim=1).T.contiguous()
-    queries = torch.cat([whitened, torch.ones_like(whitened[:, :1])], dim=1)
-    buffer = torch.empty(chunk * tile, dtype=torch.float64, device=x.device)
-    index = torch.empty(count, neighbours, dtype=torch.int64, device=x.device)
-    weights = torch.empty(count, neighbours, dtype=torch.float64, device=x.device)
-    for start in range(0, count, chunk):
-        stop = min(start + chunk, count)
-        rows = torch.arange(start, stop, device=x.device)
-        ranked, nearest_index = _nearest(
-            queries[start:stop], keys, rows, neighbours, include_self, buffer, tile
-        )
-        nearest = (ranked + squared_norms[rows, None]).clamp_(min=0.0)
-        scale = (
-            nearest.mean(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny) if relative else 1.0
-        )
-        row_weights = torch.softmax(-nearest / (temperature * scale), dim=1)
-        index[rows], order = torch.sort(nearest_index, dim=1)
-        weights[rows] = row_weights.gather(1, order)
-    return Neighbourhoods(index, weights, whitened)
+    start, stop, _ = (rows or slice(None)).indices(x.shape[0])
+    found = search(
+        whitened,
+        torch.arange(start, stop, device=x.device),
+        neighbours,
+        include_self=include_self,
+        index=index,
+        threads=threads,
+        seed=seed,
+        chunk_elements=chunk_elements,
+        tile_columns=tile_columns,
+    )
+    scale = (
+        found.squared.mean(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        if relative
+        else 1.0
+    )
+    weights = torch.softmax(-found.squared / (temperature * scale), dim=1)
+    ordered, order = torch.sort(found.index, dim=1)
+    return Neighbourhoods(ordered, weights.gather(1, order), whitened, found.report)
 
 
 def _label_jitter(targets: Tensor) -> float:
@@ -471,6 +413,8 @@ def compute_pseudo_labels(
     temperature: float = DEFAULT_TEMPERATURE,
     temperature_scale: TemperatureScale | str = TemperatureScale.RELATIVE,
     include_self: bool = True,
+    index: NeighbourIndex | str = NeighbourIndex.AUTO,
+    threads: int = 1,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     tile_columns: int = DEFAULT_TILE_COLUMNS,
 ) -> PseudoLabels:
@@ -478,7 +422,8 @@ def compute_pseudo_labels(
     :func:`find_neighbourhoods`, then :func:`labels_from_neighbourhoods`.
 
     ``predictions`` ``(N, D)`` is the current mean ``μ̂(x)`` (``residuals`` only); ``neighbours`` defaults
-    to the scheme's (:func:`default_neighbours`). Computed in float64 and returned in the dtype of
+    to the scheme's (:func:`default_neighbours`); ``index`` and ``threads`` choose the neighbour search
+    (:func:`find_neighbourhoods`). Computed in float64 and returned in the dtype of
     ``targets``.
     """
     if inputs.ndim != 2 or targets.ndim != 2:
@@ -494,6 +439,8 @@ def compute_pseudo_labels(
         temperature=temperature,
         temperature_scale=temperature_scale,
         include_self=include_self,
+        index=index,
+        threads=threads,
         chunk_elements=chunk_elements,
         tile_columns=tile_columns,
     )

@@ -25,11 +25,13 @@ from tqdm import tqdm
 from covserve.training.atomic import write_atomically
 from covserve.training.config import Device, Hybrid, ModelConfig, TrainConfig
 from covserve.training.data import Split, Table
+from covserve.training.distributed import SINGLE, Ranks, share_batch_statistics
 from covserve.training.errors import TrainingDivergedError, TrainingInterruptedError, UsageError
 from covserve.training.labelling import RunLabels
 from covserve.training.losses import LossName, LossSpec, get_loss
 from covserve.training.metrics import calibrated_gaussian_nll, compute_metrics, variance_calibration
-from covserve.training.networks import CovarianceModel, Standardisation
+from covserve.training.neighbour_search import SearchReport
+from covserve.training.networks import CovarianceModel, Prediction, Standardisation
 from covserve.training.pseudolabels import PseudoLabels
 
 __all__ = [
@@ -79,16 +81,19 @@ class TrainingResult:
     process_peak_rss_mib: float = 0.0
     """Peak resident set of the whole process so far (``getrusage`` ``ru_maxrss``: imports, data, every
     fit in it), MiB: what ``/usr/bin/time -v`` reports as maximum resident set size."""
+    neighbour_search: SearchReport | None = None
+    """How the pseudo-labels' neighbours were found (``None``: no epoch trained on pseudo-labels)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(device: Device) -> torch.device:
-    """``auto`` → CUDA if available else CPU; ``cuda`` without a GPU is a :class:`UsageError`."""
+def resolve_device(device: Device, ranks: Ranks = SINGLE) -> torch.device:
+    """``auto`` → CUDA if available else CPU; ``cuda`` without a GPU is a :class:`UsageError`. A rank of a
+    distributed run uses the GPU of its local rank."""
     if device is Device.CUDA and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (use --device auto or cpu)")
     if device is Device.CPU or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    return torch.device("cuda", ranks.local_rank) if ranks.distributed else torch.device("cuda")
 
 
 def _phase_loss(config: TrainConfig, epoch: int) -> LossSpec:
@@ -201,11 +206,22 @@ def predict_raw(
     return np.concatenate(means), np.concatenate(covariances)
 
 
+def _predict_shared(
+    model: CovarianceModel, inputs: np.ndarray, device: torch.device, ranks: Ranks
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_raw` of every row of ``inputs``, each rank predicting its share; every rank gets all."""
+    if not ranks.distributed:
+        return predict_raw(model, inputs, device)
+    shares = ranks.gather(predict_raw(model, inputs[ranks.share(len(inputs))], device))
+    return np.concatenate([mean for mean, _ in shares]), np.concatenate([cov for _, cov in shares])
+
+
 def score(
-    model: CovarianceModel, table: Table, device: torch.device
+    model: CovarianceModel, table: Table, device: torch.device, ranks: Ranks = SINGLE
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Raw-unit predictions on ``table`` and their metrics (with KL/W2 to the truth where it is known)."""
-    mean, covariance = predict_raw(model, table.inputs, device)
+    """Raw-unit predictions on ``table`` and their metrics (with KL/W2 to the truth where it is known);
+    over ``ranks``, each predicts its share of the rows and every rank gets the same scores."""
+    mean, covariance = _predict_shared(model, table.inputs, device, ranks)
     metrics = compute_metrics(
         mean, covariance, table.targets, true_mean=table.true_mean, true_covariance=table.true_covariance
     )
@@ -231,9 +247,9 @@ def uses_pseudo_labels(config: TrainConfig) -> bool:
     return any(_phase_loss(config, epoch).needs_pseudo_labels for epoch in (0, config.epochs - 1))
 
 
-def _run_labels(model: CovarianceModel, table: Table, config: TrainConfig) -> RunLabels | None:
+def _run_labels(model: CovarianceModel, table: Table, config: TrainConfig, ranks: Ranks) -> RunLabels | None:
     """The run's pseudo-labels when any epoch's loss needs them, else ``None``."""
-    return RunLabels.build(model, table, config) if uses_pseudo_labels(config) else None
+    return RunLabels.build(model, table, config, ranks) if uses_pseudo_labels(config) else None
 
 
 def train(
@@ -245,8 +261,16 @@ def train(
     resume: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_search: Callable[[SearchReport], None] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> TrainingResult:
     """Fit a model on ``split.train``, early-stopping on ``split.validation``; checkpoint every epoch.
+
+    ``on_epoch`` sees every epoch's record, ``on_search`` how the pseudo-labels' neighbours were found
+    (before the first epoch). Over several ``ranks`` (:mod:`covserve.training.distributed`) each rank
+    trains on its share of every batch under ``DistributedDataParallel``, the validation rows are scored
+    in shares and gathered so every rank takes the same schedule and stopping decisions, and only rank 0
+    writes the checkpoint.
 
     ``resume`` is a checkpoint from :func:`load_checkpoint`; training continues from its last completed
     epoch with the same batches, so the result equals an uninterrupted run. Raises
@@ -255,7 +279,7 @@ def train(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(split, config, model_config, run_dir, resume, progress, on_epoch)
+        return _train(split, config, model_config, run_dir, resume, progress, on_epoch, on_search, ranks)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -268,14 +292,23 @@ def _train(
     resume: dict[str, Any] | None,
     progress: bool,
     on_epoch: Callable[[dict[str, float]], None] | None,
+    on_search: Callable[[SearchReport], None] | None,
+    ranks: Ranks,
 ) -> TrainingResult:
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, ranks)
     if len(split.validation) == 0:
         raise UsageError("--validation-fraction must be > 0: early stopping needs validation rows")
+    if config.batch_size < ranks.world:
+        raise UsageError(
+            f"--batch-size {config.batch_size} is below the {ranks.world} ranks: each needs rows"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / CHECKPOINT_FILE
     model = build_model(split, config, model_config).to(device)
-    labels = _run_labels(model, split.train, config)
+    labels = _run_labels(model, split.train, config, ranks)
+    step = _Step(model, ranks)
+    if labels is not None and labels.search is not None and on_search is not None:
+        on_search(labels.search)
     inputs = model.standardise_inputs(torch.as_tensor(split.train.inputs, dtype=torch.float32, device=device))
     targets = model.standardise_targets(
         torch.as_tensor(split.train.targets, dtype=torch.float32, device=device)
@@ -302,6 +335,8 @@ def _train(
             labels.restore(resume.get("label_predictions"))
 
     def save(epoch: int) -> None:
+        if not ranks.main:
+            return
         _atomic_save(
             {
                 "model": model.state_dict(),
@@ -346,7 +381,7 @@ def _train(
                     else 0.0
                 )
                 train_loss = _train_epoch(
-                    model,
+                    step,
                     optimiser,
                     spec,
                     inputs,
@@ -355,10 +390,10 @@ def _train(
                     batches,
                     config,
                     epoch,
-                    progress,
+                    progress and ranks.main,
                 )
                 epoch_seconds.append(time.perf_counter() - started)
-                mean, covariance, validation = score(model, split.validation, device)
+                mean, covariance, validation = score(model, split.validation, device, ranks)
                 if criterion == CALIBRATED_NLL:
                     validation[CALIBRATED_NLL] = calibrated_gaussian_nll(
                         mean, covariance, split.validation.targets
@@ -398,7 +433,7 @@ def _train(
                 f"(continue with --resume {run_dir})"
             ) from None
     model.load_state_dict(best_state)
-    factor = calibrate(model, split.validation, device) if config.calibrate else 1.0
+    factor = calibrate(model, split.validation, device, ranks) if config.calibrate else 1.0
     return TrainingResult(
         model=model,
         history=history,
@@ -410,10 +445,11 @@ def _train(
         checkpoint=checkpoint_path,
         device=str(device),
         covariance_calibration=factor,
+        neighbour_search=None if labels is None else labels.search,
     )
 
 
-def calibrate(model: CovarianceModel, table: Table, device: torch.device) -> float:
+def calibrate(model: CovarianceModel, table: Table, device: torch.device, ranks: Ranks = SINGLE) -> float:
     """Set ``model.covariance_calibration`` to the NLL-optimal factor on ``table``; returns it.
 
     The pseudo-labels of the W2 bound measure the spread of the targets around their neighbourhood mean,
@@ -423,14 +459,47 @@ def calibrate(model: CovarianceModel, table: Table, device: torch.device) -> flo
     correlation; it is exported with the model.
     """
     model.covariance_calibration.fill_(1.0)
-    mean, covariance = predict_raw(model, table.inputs, device)
+    mean, covariance = _predict_shared(model, table.inputs, device, ranks)
     factor = variance_calibration(mean, covariance, table.targets)
     model.covariance_calibration.fill_(factor)
     return factor
 
 
+class _Step:
+    """One optimisation step's forward pass: the model itself, or over several ranks the model wrapped in
+    ``DistributedDataParallel``, whose backward pass averages the gradients of all ranks, with its batch
+    normalisation over the whole batch (:func:`share_batch_statistics`): per-rank statistics of half a
+    batch would train another model than one process does."""
+
+    def __init__(self, model: CovarianceModel, ranks: Ranks) -> None:
+        self.model = model
+        self.ranks = ranks
+        if ranks.distributed:
+            share_batch_statistics(model)
+        self._parallel = (
+            torch.nn.parallel.DistributedDataParallel(_Forward(model)) if ranks.distributed else None
+        )
+
+    def __call__(self, inputs: torch.Tensor) -> Prediction:
+        if self._parallel is None:
+            return self.model.predict(inputs)
+        prediction: Prediction = self._parallel(inputs)
+        return prediction
+
+
+class _Forward(torch.nn.Module):
+    """:meth:`CovarianceModel.predict` as a module's ``forward``, which is what DDP wraps."""
+
+    def __init__(self, model: CovarianceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> Prediction:
+        return self.model.predict(inputs)
+
+
 def _train_epoch(
-    model: CovarianceModel,
+    step: _Step,
     optimiser: torch.optim.Optimizer,
     spec: LossSpec,
     inputs: torch.Tensor,
@@ -441,7 +510,14 @@ def _train_epoch(
     epoch: int,
     progress: bool,
 ) -> float:
-    """One pass over the shuffled training rows; returns the mean per-sample loss."""
+    """One pass over the shuffled training rows; returns the mean per-sample loss.
+
+    Every rank draws the same seeded order and batches; each trains on its share of every batch, its loss
+    summed and divided by the whole batch's size times the ranks, so DDP's gradient average is the
+    gradient of the whole batch's mean loss, as in one process. The losses and a non-finite flag are
+    summed over the ranks after every step, so a non-finite loss on any rank stops all of them together.
+    """
+    model, ranks = step.model, step.ranks
     model.train()
     order = torch.randperm(len(inputs), generator=batches).to(inputs.device)
     steps = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
@@ -452,26 +528,34 @@ def _train_epoch(
     bar = tqdm(
         steps, desc=f"epoch {epoch + 1}/{config.epochs} {spec.name.value}", disable=not progress, leave=False
     )
-    for step, index in enumerate(bar):
-        prediction = model.predict(inputs[index])
+    for number, batch in enumerate(bar):
+        index = batch.tensor_split(ranks.world)[ranks.rank] if ranks.distributed else batch
+        prediction = step(inputs[index])
         batch_labels = labels.select(index) if labels is not None else None
-        loss = spec.function(prediction.mean, prediction.covariance, targets[index], batch_labels).mean()
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"non-finite loss ({loss.item()}) in epoch {epoch + 1}, batch {step + 1} with method "
-                f"{spec.name.value} (try a lower --lr)"
-            )
+        losses = spec.function(prediction.mean, prediction.covariance, targets[index], batch_labels)
+        loss = losses.sum() * (ranks.world / len(batch)) if ranks.distributed else losses.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        summed = losses.detach().sum()
+        if ranks.distributed:
+            shared = ranks.sum(torch.stack([summed, (~torch.isfinite(summed)).to(summed.dtype)]).cpu())
+            summed, failed = shared[0], bool(shared[1] > 0)
+        else:
+            failed = not bool(torch.isfinite(summed))
+        if failed:
+            raise TrainingDivergedError(
+                f"non-finite loss ({summed.item()}) in epoch {epoch + 1}, batch {number + 1} with method "
+                f"{spec.name.value} (try a lower --lr)"
+            )
         gradient_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         if not torch.isfinite(gradient_norm):
             raise TrainingDivergedError(
-                f"non-finite gradient (loss {loss.item():.6g}) in epoch {epoch + 1}, batch {step + 1} with "
-                f"method {spec.name.value}; the weights are those before this batch (try a lower --lr or "
-                "another --method)"
+                f"non-finite gradient (loss {summed.item() / len(batch):.6g}) in epoch {epoch + 1}, batch "
+                f"{number + 1} with method {spec.name.value}; the weights are those before this batch (try a "
+                "lower --lr or another --method)"
             )
         optimiser.step()
-        total += loss.item() * len(index)
-        count += len(index)
+        total += summed.item()
+        count += len(batch)
         bar.set_postfix(loss=f"{total / count:.4g}")
     return total / count
