@@ -33,7 +33,8 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/tac.py
-	$(BIN)/python benchmarks/pseudolabels.py
+	$(BIN)/python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
+	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/pseudolabels.py --schemes --output benchmarks/results/label_schemes.md
 	$(BIN)/python benchmarks/serving.py --output benchmarks/results/serving.md
 	$(BIN)/python benchmarks/gpu.py --output benchmarks/results/gpu/gpu.md

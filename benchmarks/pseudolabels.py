@@ -1,21 +1,33 @@
-"""Pseudo-label cost and quality: seconds and peak memory against N, and the k / τ ablation.
+"""Pseudo-label cost and quality per neighbour index: seconds, peak memory and recall against N; the k / τ
+ablation.
 
-    python benchmarks/pseudolabels.py                # N = 1k … 1M at M = 8 and 32, D = 4, + ablation
-    python benchmarks/pseudolabels.py --max-samples 100000   # stop at 100k (1M takes hours on 2 cores)
+    python benchmarks/pseudolabels.py                # N = 1k … 1M at M = 8 and 32, D = 4, every index
+    python benchmarks/pseudolabels.py --max-samples 100000   # stop at 100k
+    python benchmarks/pseudolabels.py --indexes kdtree,faiss # some indexes only
     python benchmarks/pseudolabels.py --quick        # tiny sizes, a smoke test
     python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
     python benchmarks/pseudolabels.py --schemes --output benchmarks/results/label_schemes.md
+    python benchmarks/pseudolabels.py --demo-baseline /tmp/old --output benchmarks/results/demo_labels.md
+
+``--demo-baseline CHECKOUT`` times the demo run's label step (``configs/demo.yaml``: the neighbour search
+and the first labels of its 3 200 training rows, one thread) in this checkout and in another one (a
+``git worktree`` of an earlier revision), alternating child processes, :data:`DEMO_ROUNDS` rounds of
+:data:`DEMO_REPEATS` repeats each.
 
 ``--schemes`` compares the label schemes instead: the error of each against the true Σ(x) for D = 4 to 20
 and k = 16 to 512, with ``residuals`` from a trained mean network (MSE, the synthetic benchmark's epochs
 and learning rate) and from the true mean (its limit), and the cost of one ``residuals`` refresh against
 one training epoch, measured side by side in one training run.
 
-Every size runs in a fresh child process so its peak resident memory (``ru_maxrss``) is its own. Time is
-``O(N² M)`` (every pair's distance is computed, in blocks of query rows × candidate rows); memory is
-``O(chunk · tile + N k)``, so the growth column should rise with ``N · k`` and never with ``N²``: the last
-column divides the growth by ``N · k`` (bytes per label neighbour). The table is rewritten to ``--output``
-after every size, so an interrupted run keeps what it measured.
+Every cell (index, M, N) computes the neighbours and the ``targets`` labels of uniform random inputs
+(``torch.rand``, the hardest case for an index: their intrinsic dimension is M) with
+:data:`SEARCH_THREADS` threads, in a fresh child process so its peak resident memory (``ru_maxrss``) is its
+own. The exact search is ``O(N² M)`` and runs up to :data:`EXACT_MAX_SAMPLES`; the k-d tree degrades
+towards a scan as M grows and runs at M = 32 up to :data:`KDTREE_HIGH_DIM_MAX_SAMPLES`. Recall is the one
+the FAISS search measures on its own sample (exact indexes: "exact"). The growth column should rise with
+``N · k`` and never with ``N²``: the last column divides the growth by ``N · k`` (bytes per label
+neighbour). The table is rewritten to ``--output`` after every cell, so an interrupted run keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from covserve.training.pseudolabels import (
     DEFAULT_NEIGHBOURS,
     LabelScheme,
     Neighbourhoods,
+    NeighbourIndex,
     TemperatureScale,
     compute_pseudo_labels,
     default_neighbours,
@@ -58,6 +71,15 @@ from covserve.training.trainer import predict_raw, train
 
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 3_000)
+INDEXES = (NeighbourIndex.EXACT, NeighbourIndex.KDTREE, NeighbourIndex.FAISS)
+EXACT_MAX_SAMPLES = 100_000
+"""Beyond this the exact search takes over an hour per size (the committed 1M figures are quoted)."""
+KDTREE_HIGH_DIM_MAX_SAMPLES = 100_000
+KDTREE_HIGH_DIM = 16
+"""From this many inputs the k-d tree stops at :data:`KDTREE_HIGH_DIM_MAX_SAMPLES`."""
+SEARCH_THREADS = 2
+EXACT_MILLION_SECONDS = {8: 4147.68, 32: 3666.51}
+"""``benchmarks/results/pseudolabels.md`` of 2026-11-26, the exact search alone at N = 1 000 000."""
 INPUT_DIMS = (8, 32)
 QUICK_INPUT_DIMS = (8,)
 TARGET_DIM = 4
@@ -82,39 +104,99 @@ MEAN_LEARNING_RATE = 1e-3
 REFRESH_DIM = 8
 REFRESH_SAMPLES = 8000
 REFRESH_EPOCHS = 4
+DEMO_ROUNDS = 5
+DEMO_REPEATS = 15
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_CHILD = """
+import inspect, json, time
+from pathlib import Path
+import torch
+from covserve.training import trainer
+from covserve.training.config import load_config
+from covserve.training.data import load_split
+config = load_config(Path({config!r}), {{}})
+split = load_split(config.data)
+model = trainer.build_model(split, config.train, config.model)
+torch.set_num_threads(config.train.threads)
+extra = (trainer.SINGLE,) if len(inspect.signature(trainer._run_labels).parameters) == 4 else ()
+seconds = []
+for _ in range({repeats}):
+    started = time.perf_counter()
+    trainer._run_labels(model, split.train, config.train, *extra)
+    seconds.append(time.perf_counter() - started)
+print(json.dumps(seconds))
+"""
+"""Run in a child with the checkout first on ``sys.path``; ``_run_labels`` gained a ``ranks`` argument in
+issue 24, so the child passes one only where it takes one."""
 
 
 @dataclass(frozen=True)
 class CostRow:
-    """One size: wall seconds, and peak resident memory of the child before and after (MiB)."""
+    """One cell: wall seconds, peak resident memory of the child before and after (MiB), the recall
+    measured by an approximate index (``None``: exact) and the search's seconds and parameters."""
 
     samples: int
     seconds: float
     baseline_mib: float
     peak_mib: float
+    recall: float | None
+    search_seconds: float
+    parameters: dict[str, object]
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
 
 
-def _single(samples: int, input_dim: int) -> None:
-    """Child mode: time one computation on random data and print a JSON line."""
+def _single(samples: int, input_dim: int, index: NeighbourIndex) -> None:
+    """Child mode: time one search and its labels on random data and print a JSON line."""
+    torch.set_num_threads(SEARCH_THREADS)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand(samples, input_dim, dtype=torch.float64, generator=generator)
     targets = torch.randn(samples, TARGET_DIM, dtype=torch.float32, generator=generator)
     baseline = _peak_rss_mib()
     start = time.perf_counter()
-    compute_pseudo_labels(inputs, targets)
+    found = find_neighbourhoods(inputs, neighbours=DEFAULT_NEIGHBOURS, index=index, threads=SEARCH_THREADS)
+    labels_from_neighbourhoods(found, targets, LabelScheme.TARGETS)
     seconds = time.perf_counter() - start
-    print(json.dumps({"samples": samples, "seconds": seconds, "baseline": baseline, "peak": _peak_rss_mib()}))
+    assert found.search is not None, "find_neighbourhoods always reports its search"
+    record = {
+        "samples": samples,
+        "seconds": seconds,
+        "baseline": baseline,
+        "peak": _peak_rss_mib(),
+        "recall": found.search.recall,
+        "search_seconds": found.search.seconds,
+        "parameters": found.search.parameters,
+    }
+    print(json.dumps(record))
 
 
-def _cost(samples: int, input_dim: int) -> CostRow:
-    command = [sys.executable, __file__, "--single", str(samples), "--input-dim", str(input_dim)]
+def _cost(samples: int, input_dim: int, index: NeighbourIndex) -> CostRow:
+    command = [
+        sys.executable, __file__, "--single", str(samples),
+        "--input-dim", str(input_dim), "--index", index.value,
+    ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     record = json.loads(result.stdout.strip().splitlines()[-1])
-    return CostRow(samples, record["seconds"], record["baseline"], record["peak"])
+    return CostRow(
+        samples,
+        record["seconds"],
+        record["baseline"],
+        record["peak"],
+        record["recall"],
+        record["search_seconds"],
+        record["parameters"],
+    )
+
+
+def _runs(index: NeighbourIndex, input_dim: int, samples: int) -> bool:
+    """Whether the full table has this cell (module docstring)."""
+    if index is NeighbourIndex.EXACT:
+        return samples <= EXACT_MAX_SAMPLES
+    if index is NeighbourIndex.KDTREE and input_dim >= KDTREE_HIGH_DIM:
+        return samples <= KDTREE_HIGH_DIM_MAX_SAMPLES
+    return True
 
 
 def _relative_frobenius(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -280,11 +362,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--schemes", action="store_true", help="compare the label schemes (error and refresh cost) instead"
     )
+    parser.add_argument(
+        "--demo-baseline",
+        type=Path,
+        default=None,
+        help="checkout of an earlier revision: time the demo's label step here and there instead",
+    )
     parser.add_argument("--single", type=positive_int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input-dim", type=positive_int, default=INPUT_DIMS[0], help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=NeighbourIndex, default=NeighbourIndex.EXACT, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--indexes",
+        type=_indexes,
+        default=",".join(index.value for index in INDEXES),
+        help="comma-separated neighbour indexes to measure (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.single is not None:
-        _single(args.single, args.input_dim)
+        _single(args.single, args.input_dim, args.index)
+        return
+    if args.demo_baseline is not None:
+        lines = _demo_report(args.demo_baseline.resolve(), 1 if args.quick else DEMO_ROUNDS)
+        print("\n".join(lines))
+        _write(args.output, lines)
         return
     if args.schemes:
         lines = _scheme_report(args.quick)
@@ -297,29 +397,51 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags = (" --quick" if args.quick else "") + (
         f" --max-samples {args.max_samples}" if args.max_samples else ""
     )
+    if args.indexes != ",".join(index.value for index in INDEXES):
+        flags += f" --indexes {args.indexes}"
+    indexes = [NeighbourIndex(name) for name in _split(args.indexes)]
     lines = [
         "# Pseudo-label cost and quality",
         "",
         f"Command: `python benchmarks/pseudolabels.py{flags}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        f"Machine: {describe_machine(('torch', torch.__version__))}",
+        f"Machine: {describe_machine(('torch', torch.__version__), ('faiss', _faiss_version()))}  ",
+        f"Load average at the start: {_load()}",
         "",
-        f"## Cost (D = {TARGET_DIM} targets, k = {DEFAULT_NEIGHBOURS})",
+        f"## Cost per neighbour index (D = {TARGET_DIM} targets, k = {DEFAULT_NEIGHBOURS}, "
+        f"{SEARCH_THREADS} threads)",
         "",
-        "| M (inputs) | N | seconds | peak RSS (MiB) | growth over baseline (MiB) | growth ÷ (N·k), bytes |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "Seconds are the neighbours and the `targets` labels together; search seconds the neighbours alone. "
+        "Uniform random inputs. The exact search at N = 1 000 000 is not rerun (over an hour each): the "
+        f"committed figures of 2026-11-26 were {EXACT_MILLION_SECONDS[8]:.0f} s at M = 8 and "
+        f"{EXACT_MILLION_SECONDS[32]:.0f} s at M = 32.",
+        "",
+        "| index | M (inputs) | N | seconds | search seconds | peak RSS (MiB) | growth over baseline (MiB) | "
+        "growth ÷ (N·k), bytes | recall | parameters |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for input_dim in QUICK_INPUT_DIMS if args.quick else INPUT_DIMS:
-        for samples in sizes:
-            row = _cost(samples, input_dim)
-            growth = row.peak_mib - row.baseline_mib
-            per_neighbour = growth * BYTES_PER_MIB / (samples * DEFAULT_NEIGHBOURS)
-            lines.append(
-                f"| {input_dim} | {samples} | {row.seconds:.2f} | {row.peak_mib:.0f} | {growth:.0f} | "
-                f"{per_neighbour:.1f} |"
-            )
-            print(lines[-1], flush=True)
-            _write(args.output, lines)
+    for index in indexes:
+        for input_dim in QUICK_INPUT_DIMS if args.quick else INPUT_DIMS:
+            for samples in sizes:
+                if not args.quick and not _runs(index, input_dim, samples):
+                    continue
+                row = _cost(samples, input_dim, index)
+                growth = row.peak_mib - row.baseline_mib
+                per_neighbour = growth * BYTES_PER_MIB / (samples * DEFAULT_NEIGHBOURS)
+                recall = "exact" if row.recall is None else f"{row.recall:.4f}"
+                settings = ", ".join(
+                    f"{key} {value}"
+                    for key, value in row.parameters.items()
+                    if key not in ("kind", "threads")
+                )
+                lines.append(
+                    f"| {index.value} | {input_dim} | {samples} | {row.seconds:.2f} | "
+                    f"{row.search_seconds:.2f} | {row.peak_mib:.0f} | {growth:.0f} | {per_neighbour:.1f} | "
+                    f"{recall} | {settings} |"
+                )
+                print(lines[-1], flush=True)
+                _write(args.output, lines)
+    lines += ["", f"Load average at the end: {_load()}"]
     if skipped:
         lines += ["", f"Not run here (`--max-samples`): N = {', '.join(str(n) for n in skipped)}."]
     lines += [
@@ -332,6 +454,74 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines += _ablation((2,) if args.quick else (4, 8), QUICK_NEIGHBOURS if args.quick else FULL_NEIGHBOURS)
     print("\n".join(lines))
     _write(args.output, lines)
+
+
+def _demo_seconds(checkout: Path) -> list[float]:
+    """The label step's seconds, :data:`DEMO_REPEATS` times, in a child importing ``checkout``'s covserve."""
+    code = DEMO_CHILD.format(config=str(DEMO_CONFIG), repeats=DEMO_REPEATS)
+    environment = {**os.environ, "PYTHONPATH": str(checkout)}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+        cwd=checkout,
+    )
+    seconds: list[float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return seconds
+
+
+def _demo_report(baseline: Path, rounds: int) -> list[str]:
+    here = Path(__file__).resolve().parent.parent
+    lines = [
+        "# The demo's label step: this checkout against an earlier one",
+        "",
+        f"Command: `python benchmarks/pseudolabels.py --demo-baseline {baseline}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}  ",
+        f"Machine: {describe_machine(('torch', torch.__version__))}  ",
+        f"Load average at the start: {_load()}",
+        "",
+        f"`configs/demo.yaml`: the neighbour search and first labels of its training rows, one thread; "
+        f"{rounds} rounds, each the baseline's child then this checkout's, {DEMO_REPEATS} repeats per child.",
+        "",
+        "| round | baseline median s | this checkout median s | ratio (this ÷ baseline) |",
+        "|---:|---:|---:|---:|",
+    ]
+    ratios = []
+    for number in range(1, rounds + 1):
+        old, new = float(np.median(_demo_seconds(baseline))), float(np.median(_demo_seconds(here)))
+        ratios.append(new / old)
+        lines.append(f"| {number} | {old:.4f} | {new:.4f} | {new / old:.3f} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"Median ratio: {float(np.median(ratios)):.3f}. Load average at the end: {_load()}"]
+    return lines
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _indexes(value: str) -> str:
+    """``--indexes``: known index names (``auto`` is not one: the table compares concrete indexes)."""
+    valid = [index.value for index in INDEXES]
+    unknown = [name for name in _split(value) if name not in valid]
+    if unknown or not _split(value):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {', '.join(valid)}, got {value!r}"
+        )
+    return value
+
+
+def _load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _faiss_version() -> str:
+    import faiss
+
+    version: str = faiss.__version__
+    return version
 
 
 def _write(output: Path | None, lines: list[str]) -> None:

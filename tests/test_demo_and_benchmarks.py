@@ -79,6 +79,9 @@ def test_make_demo_trains_the_demo_configuration_then_serves_what_it_published(t
         "tac.py",
         pytest.param("pseudolabels.py", marks=pytest.mark.slow(reason="labels and trains at the quick size")),
         pytest.param("serving.py", marks=pytest.mark.slow(reason="starts four server processes")),
+        pytest.param(
+            "distributed.py", marks=pytest.mark.slow(reason="six fits, two of them through torchrun")
+        ),
         "gpu.py",
     ],
 )
@@ -195,6 +198,14 @@ def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(
         ("w2_rows.py", "--trial", "-1", "argument --trial: -1 must be at least 0"),
         ("gpu.py", "--samples-per-dim", "ten", "argument --samples-per-dim: 'ten' is not an integer"),
         ("pseudolabels.py", "--max-samples", "0", "argument --max-samples: 0 must be at least 1"),
+        (
+            "pseudolabels.py",
+            "--indexes",
+            "exact,annoy",
+            "argument --indexes: expected a comma-separated subset of exact, kdtree, faiss, "
+            "got 'exact,annoy'",
+        ),
+        ("distributed.py", "--samples", "0", "argument --samples: 0 must be at least 1"),
         ("serving.py", "--seconds", "nan", "argument --seconds: nan must be a finite number above 0"),
         ("tac.py", "--repeats", "0", "argument --repeats: 0 must be at least 1"),
     ],
@@ -317,3 +328,17 @@ def test_the_fault_suite_quick_mode_reports_both_columns(
     assert rows["CSV with targets up to 1e300: exit code"] == ("2", "2")
     assert rows["tracebacks in the server log"] == ("0", "0")
     assert rows["schemathesis --checks all"][1].endswith(" passed")
+
+
+def test_the_demo_label_step_comparison_times_both_checkouts(
+    tmp_path: Path, benchmark: Callable[..., Finished]
+) -> None:
+    """Against this checkout itself as the baseline: one round, both children ran, a ratio near 1."""
+    output = tmp_path / "demo_labels.md"
+    result = benchmark("pseudolabels.py", "--quick", "--demo-baseline", str(ROOT), "--output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [line for line in output.read_text().splitlines() if line.startswith("| 1 |")]
+    baseline, candidate, ratio = (float(cell) for cell in row.strip("|").split("|")[1:])
+    assert baseline > 0
+    assert candidate > 0
+    assert 0.2 < ratio < 5

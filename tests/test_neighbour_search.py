@@ -13,6 +13,7 @@ from covserve.training import neighbour_search
 from covserve.training.cli import main
 from covserve.training.neighbour_search import (
     AUTO_EXACT_MAX_ROWS,
+    AUTO_FAISS_MIN_ROWS,
     AUTO_KDTREE_MAX_INPUTS,
     LowRecallWarning,
     NeighbourIndex,
@@ -147,7 +148,8 @@ def test_a_recall_below_the_floor_warns(monkeypatch: pytest.MonkeyPatch) -> None
     [
         (AUTO_EXACT_MAX_ROWS, 64, "cpu", NeighbourIndex.EXACT),
         (AUTO_EXACT_MAX_ROWS + 1, AUTO_KDTREE_MAX_INPUTS, "cpu", NeighbourIndex.KDTREE),
-        (AUTO_EXACT_MAX_ROWS + 1, AUTO_KDTREE_MAX_INPUTS + 1, "cpu", NeighbourIndex.FAISS),
+        (AUTO_FAISS_MIN_ROWS, AUTO_KDTREE_MAX_INPUTS + 1, "cpu", NeighbourIndex.EXACT),
+        (AUTO_FAISS_MIN_ROWS + 1, AUTO_KDTREE_MAX_INPUTS + 1, "cpu", NeighbourIndex.FAISS),
         (10_000_000, 32, "cuda", NeighbourIndex.EXACT),
     ],
 )

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from covserve.training.config import Device, ModelConfig, TrainConfig, parse_method
+from covserve.training.data import DataConfig, load_split
+from covserve.training.distributed import SINGLE
+from covserve.training.labelling import RunLabels
 from covserve.training.numerics import INPUT_METRIC_RIDGE, PSEUDO_LABEL_JITTER
 from covserve.training.pseudolabels import (
+    ALL_PARTS,
     DEFAULT_NEIGHBOURS,
+    LabelPart,
     PseudoLabels,
     compute_pseudo_labels,
+    find_neighbourhoods,
+    labels_from_neighbourhoods,
     mahalanobis_whitening,
 )
 from covserve.training.synthetic import multivariate
+from covserve.training.trainer import _run_labels, build_model, train
 
 RECOVERY_THRESHOLD = 0.5
 """Mean relative Frobenius error allowed on the 4 → 4 synthetic set (measured: 0.382).
@@ -206,3 +216,55 @@ def test_absolute_temperature_collapses_onto_the_query_with_many_inputs() -> Non
     assert absolute_variance < 0.05
     with pytest.raises(ValueError, match="temperature_scale: expected one of relative, absolute, got 'log'"):
         compute_pseudo_labels(inputs, targets, temperature_scale="log")
+
+
+@pytest.mark.parametrize("scheme", ["targets", "residuals", "local-linear"])
+def test_labels_keep_only_the_parts_asked_for_with_the_same_values_in_any_block_size(scheme: str) -> None:
+    data = multivariate(3, 3, 900, seed=5)
+    inputs, targets = torch.from_numpy(data.inputs), torch.from_numpy(data.targets).float()
+    found = find_neighbourhoods(inputs, neighbours=24)
+    predictions = targets * 0.5 if scheme == "residuals" else None
+    whole = labels_from_neighbourhoods(
+        found, targets, scheme, predictions=predictions, chunk_elements=1 << 30
+    )
+    lean = labels_from_neighbourhoods(
+        found,
+        targets,
+        scheme,
+        predictions=predictions,
+        chunk_elements=24 * 3 * 50,
+        parts=frozenset({LabelPart.COVARIANCE}),
+    )
+    assert whole.parts == ALL_PARTS
+    assert lean.parts == {LabelPart.COVARIANCE}
+    torch.testing.assert_close(lean.covariance, whole.covariance, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(lean.mean, whole.mean, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"do not keep their root \(kept: covariance\)"):
+        _ = lean.root
+    batch = lean.select(torch.tensor([3, 1]))
+    assert batch.parts == {LabelPart.COVARIANCE}
+    assert torch.equal(batch.covariance, lean.covariance[[3, 1]])
+
+
+def test_a_run_keeps_the_label_parts_its_losses_read(tmp_path: Path) -> None:
+    split = load_split(DataConfig(samples=300))
+    cpu = TrainConfig(device=Device.CPU, epochs=2)
+    model = build_model(split, cpu, ModelConfig(width=8, depth=1))
+    bound = RunLabels.build(model, split.train, cpu, frozenset({LabelPart.COVARIANCE}))
+    assert bound.current.parts == {LabelPart.COVARIANCE}
+    for method, parts in [
+        ("w2-bound", {LabelPart.COVARIANCE}),
+        ("hybrid", {LabelPart.COVARIANCE}),
+        ("kl", {LabelPart.ROOT, LabelPart.LOG_DET}),
+        ("w2", {LabelPart.ROOT, LabelPart.COVARIANCE}),
+    ]:
+        config = TrainConfig(method=parse_method(method), device=Device.CPU, epochs=2)
+        result = train(
+            split, config, ModelConfig(width=8, depth=1), run_dir=tmp_path / method, progress=False
+        )
+        assert result.history, method
+        labels = _run_labels(
+            build_model(split, config, ModelConfig(width=8, depth=1)), split.train, config, SINGLE
+        )
+        assert labels is not None
+        assert labels.current.parts == parts, method

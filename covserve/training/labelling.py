@@ -23,6 +23,8 @@ from covserve.training.errors import UsageError
 from covserve.training.neighbour_search import SearchReport
 from covserve.training.networks import CovarianceModel
 from covserve.training.pseudolabels import (
+    ALL_PARTS,
+    LabelPart,
     LabelScheme,
     Neighbourhoods,
     PseudoLabels,
@@ -71,21 +73,33 @@ class RunLabels:
     """
 
     def __init__(
-        self, neighbourhoods: Neighbourhoods, targets: Tensor, scheme: LabelScheme, refresh: int
+        self,
+        neighbourhoods: Neighbourhoods,
+        targets: Tensor,
+        scheme: LabelScheme,
+        refresh: int,
+        parts: frozenset[LabelPart] = ALL_PARTS,
     ) -> None:
         self._neighbourhoods = neighbourhoods
         self._targets = targets
         self.scheme = scheme
         self.refresh = refresh
+        self.parts = parts
         initial = LabelScheme.TARGETS if scheme is LabelScheme.RESIDUALS else scheme
         self.predictions: Tensor | None = None
         self.current = self._compute(initial, None)
 
     @classmethod
     def build(
-        cls, model: CovarianceModel, table: Table, config: TrainConfig, ranks: Ranks = SINGLE
+        cls,
+        model: CovarianceModel,
+        table: Table,
+        config: TrainConfig,
+        parts: frozenset[LabelPart] = ALL_PARTS,
+        ranks: Ranks = SINGLE,
     ) -> RunLabels:
-        """Search the neighbourhoods of ``table``'s standardised inputs and compute the first labels.
+        """Search the neighbourhoods of ``table``'s standardised inputs and compute the first labels,
+        keeping ``parts`` (what the run's losses read).
 
         Over several ``ranks`` each searches the neighbours of its share of the query rows and the shares
         are gathered, so every rank holds the same neighbourhoods (and labels) of every row; the recall of
@@ -114,7 +128,7 @@ class RunLabels:
         )
         if ranks.distributed:
             neighbourhoods = _gathered(neighbourhoods, ranks)
-        return cls(neighbourhoods, targets, config.labels, config.label_refresh)
+        return cls(neighbourhoods, targets, config.labels, config.label_refresh, parts)
 
     @property
     def search(self) -> SearchReport | None:
@@ -128,7 +142,7 @@ class RunLabels:
 
     def _compute(self, scheme: LabelScheme, predictions: Tensor | None) -> PseudoLabels:
         labels = labels_from_neighbourhoods(
-            self._neighbourhoods, self._targets, scheme, predictions=predictions
+            self._neighbourhoods, self._targets, scheme, predictions=predictions, parts=self.parts
         )
         return labels.to(torch.float32, self._targets.device)
 

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from covserve.training.covariance import CovarianceKind, FactoredCovariance
 from covserve.training.options import LossName
-from covserve.training.pseudolabels import PseudoLabels
+from covserve.training.pseudolabels import LabelPart, PseudoLabels
 
 __all__ = [
     "DEFAULT_BETA",
@@ -200,6 +200,9 @@ class LossSpec:
     function: LossFunction
     parameterisation: CovarianceKind
     needs_pseudo_labels: bool
+    label_parts: frozenset[LabelPart] = frozenset()
+    """What the loss reads from the labels besides nothing (:class:`LabelPart`): the W2 bound on a Cholesky
+    factor reads the covariance alone, so a run keeps one ``(N, D, D)`` tensor of labels, not three."""
 
 
 _REGISTRY: dict[LossName, LossSpec] = {
@@ -210,9 +213,27 @@ _REGISTRY: dict[LossName, LossSpec] = {
         LossSpec(LossName.DIAGONAL, diagonal_nll, CovarianceKind.DIAGONAL, needs_pseudo_labels=False),
         LossSpec(LossName.BETA_NLL, beta_nll, CovarianceKind.DIAGONAL, needs_pseudo_labels=False),
         LossSpec(LossName.FAITHFUL, faithful, CovarianceKind.CHOLESKY, needs_pseudo_labels=False),
-        LossSpec(LossName.KL, calibrated_kl, CovarianceKind.CHOLESKY, needs_pseudo_labels=True),
-        LossSpec(LossName.W2, wasserstein, CovarianceKind.CHOLESKY, needs_pseudo_labels=True),
-        LossSpec(LossName.W2_BOUND, wasserstein_bound, CovarianceKind.CHOLESKY, needs_pseudo_labels=True),
+        LossSpec(
+            LossName.KL,
+            calibrated_kl,
+            CovarianceKind.CHOLESKY,
+            needs_pseudo_labels=True,
+            label_parts=frozenset({LabelPart.ROOT, LabelPart.LOG_DET}),
+        ),
+        LossSpec(
+            LossName.W2,
+            wasserstein,
+            CovarianceKind.CHOLESKY,
+            needs_pseudo_labels=True,
+            label_parts=frozenset({LabelPart.ROOT, LabelPart.COVARIANCE}),
+        ),
+        LossSpec(
+            LossName.W2_BOUND,
+            wasserstein_bound,
+            CovarianceKind.CHOLESKY,
+            needs_pseudo_labels=True,
+            label_parts=frozenset({LabelPart.COVARIANCE}),
+        ),
         LossSpec(LossName.NLL_TIC, gaussian_nll, CovarianceKind.TIC, needs_pseudo_labels=False),
     )
 }

@@ -23,7 +23,8 @@ their squared distances, ascending:
   N = 1 000 000, M = 32 (uniform) and ``efSearch`` 221, the 8-bit rows and the cluster order searched in
   226 s against 362 s for float rows in row order, at the same recall (0.946 and 0.947), and built the
   graph in 55 s against 72 s.
-* ``auto``: :func:`choose_index`, from the sizes (the measured table is in its docstring).
+* ``auto``: :func:`choose_index`, from the sizes: exact up to 20 000 rows, the k-d tree beyond for up to
+  12 inputs, and for more inputs exact up to 100 000 rows and FAISS beyond.
 
 The query row itself has distance 0. Every index returns it when ``include_self`` (also when duplicate rows
 tie with it) and never when not; the other neighbours are the nearest other rows.
@@ -50,6 +51,7 @@ from covserve.training.options import NeighbourIndex, parse_neighbour_index
 
 __all__ = [
     "AUTO_EXACT_MAX_ROWS",
+    "AUTO_FAISS_MIN_ROWS",
     "AUTO_KDTREE_MAX_INPUTS",
     "DEFAULT_CHUNK_ELEMENTS",
     "DEFAULT_TILE_COLUMNS",
@@ -88,11 +90,18 @@ KDTREE_LEAF_SIZE = 16
 """Rows per k-d tree leaf (scipy's default; 32 and 128 were not faster at N = 1 000 000, M = 8)."""
 
 AUTO_EXACT_MAX_ROWS = 20_000
-"""``auto`` searches exactly up to this many rows (the exact search takes under 10 s there at any M)."""
+"""``auto`` searches exactly up to this many rows at any M (at 10 000 rows the exact search and the k-d
+tree both take 0.35 s at M = 8, the exact search 0.38 s and the k-d tree 1.7 s at M = 32)."""
 
 AUTO_KDTREE_MAX_INPUTS = 12
-"""``auto`` uses the k-d tree above :data:`AUTO_EXACT_MAX_ROWS` rows for at most this many inputs, FAISS
-for more."""
+"""``auto`` uses the k-d tree above :data:`AUTO_EXACT_MAX_ROWS` rows for at most this many inputs (at
+N = 100 000 it takes 5.5 s against the exact search's 11.7 s at M = 8, and 285 s against 15.4 s at
+M = 32)."""
+
+AUTO_FAISS_MIN_ROWS = 100_000
+"""With more inputs, ``auto`` keeps the exact search up to this many rows and uses FAISS above (at
+N = 100 000 and M = 32 FAISS takes 13.2 s against the exact search's 15.4 s; the exact search grows as N²,
+FAISS about as N)."""
 
 TARGET_RECALL = 0.955
 """Recall on the tuning sample at which the FAISS search depth stops growing."""
@@ -181,10 +190,11 @@ def choose_index(
 ) -> tuple[NeighbourIndex, str]:
     """The index ``auto`` stands for with ``rows`` rows of ``inputs`` whitened inputs on ``device``, and why.
 
-    Measured on 2 cores, k = 64 (``benchmarks/results/pseudolabels.md``): the exact search takes 2 s at
-    N = 10 000 and grows as N²; the k-d tree is exact and fast for few inputs and slows down steeply
-    with M; FAISS keeps its recall target at any M. On CUDA the exact search's matrix products are fast
-    enough at every N that fits the device.
+    From the measured table (2 cores, k = 64, ``benchmarks/results/pseudolabels.md``; the constants
+    :data:`AUTO_EXACT_MAX_ROWS`, :data:`AUTO_KDTREE_MAX_INPUTS` and :data:`AUTO_FAISS_MIN_ROWS` quote it):
+    the exact search grows as N², the k-d tree is exact and fast for few inputs and slows down steeply
+    with M, FAISS is approximate and about linear in N at any M. On CUDA the exact search runs on the
+    device (the k-d tree and FAISS here are CPU libraries).
     """
     requested = parse_neighbour_index(requested)
     if requested is not NeighbourIndex.AUTO:
@@ -198,6 +208,11 @@ def choose_index(
             NeighbourIndex.KDTREE,
             f"auto: N = {rows} > {AUTO_EXACT_MAX_ROWS}, M = {inputs} ≤ {AUTO_KDTREE_MAX_INPUTS}",
         )
+    if rows <= AUTO_FAISS_MIN_ROWS:
+        return (
+            NeighbourIndex.EXACT,
+            f"auto: M = {inputs} > {AUTO_KDTREE_MAX_INPUTS}, N = {rows} ≤ {AUTO_FAISS_MIN_ROWS}",
+        )
     if not faiss_available():
         return (
             NeighbourIndex.EXACT,
@@ -205,7 +220,7 @@ def choose_index(
         )
     return (
         NeighbourIndex.FAISS,
-        f"auto: N = {rows} > {AUTO_EXACT_MAX_ROWS}, M = {inputs} > {AUTO_KDTREE_MAX_INPUTS}",
+        f"auto: N = {rows} > {AUTO_FAISS_MIN_ROWS}, M = {inputs} > {AUTO_KDTREE_MAX_INPUTS}",
     )
 
 
@@ -357,20 +372,25 @@ def _smallest(block: Tensor, neighbours: int) -> tuple[Tensor, Tensor]:
     return ranked, columns.gather(1, position)
 
 
-def _exact_distances(whitened: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """``‖zᵢ − zⱼ‖²`` in float64 for the ``(Q, k)`` candidates ``index`` of ``rows``, both sorted by it
-    (ascending, the query itself first at distance 0)."""
+def _exact_distances(
+    whitened: Tensor, rows: Tensor, index: Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+) -> tuple[Tensor, Tensor]:
+    """``‖zᵢ − zⱼ‖²`` in float64 for the ``(Q, k)`` candidates ``index`` of ``rows``, and ``index``
+    reordered by it in place (ascending, the query itself first at distance 0). Temporaries are blocks
+    of at most ``chunk_elements`` coordinates."""
     squared = torch.empty(index.shape, dtype=torch.float64, device=whitened.device)
     rows = rows.to(whitened.device)
-    for start in range(0, len(rows), QUERY_CHUNK_ROWS):
-        block = slice(start, start + QUERY_CHUNK_ROWS)
-        offsets = whitened[index[block]] - whitened[rows[block], None, :]
-        squared[block] = offsets.square().sum(dim=2)
-    is_self = index == rows[:, None]
-    squared[is_self] = 0.0
-    key = torch.where(is_self, -1.0, squared)
-    order = torch.argsort(key, dim=1, stable=True)
-    return squared.gather(1, order), index.gather(1, order)
+    chunk = max(1, chunk_elements // max(1, index.shape[1] * whitened.shape[1]))
+    for start in range(0, len(rows), chunk):
+        block = slice(start, start + chunk)
+        candidates = index[block]
+        distances = (whitened[candidates] - whitened[rows[block], None, :]).square().sum(dim=2)
+        is_self = candidates == rows[block, None]
+        distances[is_self] = 0.0
+        order = torch.argsort(torch.where(is_self, -1.0, distances), dim=1, stable=True)
+        squared[block] = distances.gather(1, order)
+        index[block] = candidates.gather(1, order)
+    return squared, index
 
 
 def _without_self(

@@ -245,4 +245,5 @@ def republish(checkpoint_path: Path, name: str | None, repository: Path | None) 
     model = build_model(split, config.train, config.model)
     model.load_state_dict(checkpoint["best_model"])
     _, _, metrics = score(model, split.test, torch.device("cpu"))
-    return publish(model, config, split, metrics)
+    finished = RunDirectory(run_path).read_report() or {}
+    return publish(model, config, split, metrics, finished.get("neighbour_search"))

@@ -53,15 +53,27 @@ the best absolute temperature without depending on the input dimension.
 The ablation scores the ``targets`` scheme; every scheme is scored against the truth for ``D`` = 4 to 20
 and several ``k`` in ``benchmarks/results/pseudolabels.md``.
 
-Cost: distances are computed in blocks of query rows × candidate rows, so memory is
-``O(chunk × tile + N k)`` and never ``O(N²)``;
-time is ``O(N² M)`` for the distances plus ``O(N k D²)`` for the labels (``local-linear``:
-``O(N k M (M + D) + N M³)``) and ``O(N D³)`` for their roots.
+Cost: the neighbours come from the index of :mod:`covserve.training.neighbour_search` (the exact search is
+``O(N² M)`` in blocks of query rows × candidate rows; a k-d tree or FAISS for large ``N``); the labels
+take ``O(N k D²)`` (``local-linear``: ``O(N k M (M + D) + N M³)``) and ``O(N D³)`` for their roots, in
+blocks of query rows. Memory, never ``O(N²)``:
+
+* the neighbourhoods, ``16 N k + 8 N M`` bytes (1.1 GB at N = 1 000 000, k = 64, M = 8; 4.1 GB at the
+  ``residuals`` default k = 256), plus the index's own (the k-d tree about ``8 N M``, FAISS ``N (M + 260)``);
+* the labels in float32, ``4 N D`` for the mean plus ``4 N D²`` per kept ``(N, D, D)`` part
+  (:class:`PseudoLabels`; the W2 bound keeps the covariance alone: 16 MB at N = 1 000 000, D = 4, and
+  1.6 GB at D = 20);
+* block temporaries bounded by ``chunk_elements`` (and, for ``residuals``, the residuals' outer products,
+  ``8 N D(D + 1)/2`` bytes: 1.7 GB at N = 1 000 000, D = 20).
+
+Measured at N = 1 000 000, M = 8, k = 64, D = 4 with the k-d tree: 1.73 GiB peak resident memory for the
+whole process (``benchmarks/results/pseudolabels.md``).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -91,11 +103,13 @@ from covserve.training.options import (
 )
 
 __all__ = [
+    "ALL_PARTS",
     "DEFAULT_CHUNK_ELEMENTS",
     "DEFAULT_NEIGHBOURS",
     "DEFAULT_RESIDUAL_NEIGHBOURS",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TILE_COLUMNS",
+    "LabelPart",
     "LabelScheme",
     "NeighbourIndex",
     "Neighbourhoods",
@@ -122,31 +136,79 @@ class TemperatureScale(str, Enum):
     """``scale = 1``: the printed Algorithm 1 (with ``τ = 1``), for paper comparisons."""
 
 
-@dataclass(frozen=True)
-class PseudoLabels:
-    """Per-sample pseudo-labels, all in target units.
+class LabelPart(str, Enum):
+    """A per-sample matrix or scalar that a loss reads from the labels (besides ``mean``)."""
 
-    ``mean`` ``(N, D)``, ``covariance`` ``(N, D, D)`` (SPD), ``root`` ``(N, D, D)`` its symmetric square
-    root, ``log_det`` ``(N,)``.
+    COVARIANCE = "covariance"
+    """``Σ̃`` ``(N, D, D)``."""
+    ROOT = "root"
+    """``Σ̃^{½}`` ``(N, D, D)``, the symmetric square root."""
+    LOG_DET = "log_det"
+    """``log det Σ̃`` ``(N,)``."""
+
+
+ALL_PARTS = frozenset(LabelPart)
+
+
+class PseudoLabels:
+    """Per-sample pseudo-labels, all in target units: ``mean`` ``(N, D)``, and of ``covariance`` ``(N, D, D)``
+    (SPD), ``root`` ``(N, D, D)`` (its symmetric square root) and ``log_det`` ``(N,)`` the parts that were
+    kept (:class:`LabelPart`); reading one that was not raises ``ValueError`` naming it.
+
+    Memory ``4 N (D + D² · matrices + scalars)`` bytes in float32: at N = 1 000 000 and D = 20 each
+    ``(N, D, D)`` part is 1.6 GB, so a run keeps what its loss reads (the W2 bound: the covariance alone,
+    1.68 GB with the mean; all parts: 3.3 GB).
     """
 
-    mean: Tensor
-    covariance: Tensor
-    root: Tensor
-    log_det: Tensor
+    def __init__(
+        self, mean: Tensor, covariance: Tensor | None, root: Tensor | None, log_det: Tensor | None
+    ) -> None:
+        self.mean = mean
+        self._parts = {LabelPart.COVARIANCE: covariance, LabelPart.ROOT: root, LabelPart.LOG_DET: log_det}
+
+    def _part(self, part: LabelPart) -> Tensor:
+        value = self._parts[part]
+        if value is None:
+            kept = ", ".join(sorted(p.value for p in self.parts)) or "none"
+            raise ValueError(f"these pseudo-labels do not keep their {part.value} (kept: {kept})")
+        return value
+
+    @property
+    def covariance(self) -> Tensor:
+        """``Σ̃`` ``(N, D, D)``."""
+        return self._part(LabelPart.COVARIANCE)
+
+    @property
+    def root(self) -> Tensor:
+        """``Σ̃^{½}`` ``(N, D, D)``."""
+        return self._part(LabelPart.ROOT)
+
+    @property
+    def log_det(self) -> Tensor:
+        """``log det Σ̃`` ``(N,)``."""
+        return self._part(LabelPart.LOG_DET)
+
+    @property
+    def parts(self) -> frozenset[LabelPart]:
+        """The parts these labels keep."""
+        return frozenset(part for part, value in self._parts.items() if value is not None)
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
 
     def select(self, index: Tensor) -> PseudoLabels:
-        """The labels of the samples in ``index`` (a batch), same layout."""
-        return PseudoLabels(self.mean[index], self.covariance[index], self.root[index], self.log_det[index])
+        """The labels of the samples in ``index`` (a batch), same layout and parts."""
+        return self._map(lambda tensor: tensor[index])
 
     def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> PseudoLabels:
         """A copy in ``dtype`` on ``device``."""
-        return PseudoLabels(
-            *(t.to(dtype=dtype, device=device) for t in (self.mean, self.covariance, self.root, self.log_det))
+        return self._map(lambda tensor: tensor.to(dtype=dtype, device=device))
+
+    def _map(self, change: Callable[[Tensor], Tensor]) -> PseudoLabels:
+        covariance, root, log_det = (
+            None if value is None else change(value) for value in self._parts.values()
         )
+        return PseudoLabels(change(self.mean), covariance, root, log_det)
 
 
 def mahalanobis_whitening(inputs: Tensor) -> Tensor:
@@ -194,18 +256,20 @@ class Neighbourhoods:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
-    def weight_matrix(self) -> Tensor:
-        """The weights as a sparse ``(N, N)`` CSR matrix (row ``i`` holds ``wᵢⱼ`` at the columns ``j`` of
-        its neighbours), so ``matrix @ values`` is every neighbourhood's weighted sum of ``values``."""
-        count, neighbours = self.index.shape
-        crow = torch.arange(0, count * neighbours + 1, neighbours, device=self.index.device)
+    def weight_matrix(self, rows: slice | None = None) -> Tensor:
+        """The weights of ``rows`` (default all) as a sparse ``(rows, N)`` CSR matrix (row ``i`` holds
+        ``wᵢⱼ`` at the columns ``j`` of its neighbours), so ``matrix @ values`` is each of those
+        neighbourhoods' weighted sum of ``values``."""
+        index, weights = self.index[rows or slice(None)], self.weights[rows or slice(None)]
+        count, neighbours = index.shape
+        crow = torch.arange(0, count * neighbours + 1, neighbours, device=index.device)
         with warnings.catch_warnings():  # torch warns on every CSR construction that the layout is beta
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(
                 crow,
-                self.index.reshape(-1),
-                self.weights.reshape(-1),
-                size=(count, count),
+                index.reshape(-1),
+                weights.reshape(-1),
+                size=(count, len(self.whitened)),
                 check_invariants=False,
             )
 
@@ -256,14 +320,18 @@ def find_neighbourhoods(
         chunk_elements=chunk_elements,
         tile_columns=tile_columns,
     )
-    scale = (
-        found.squared.mean(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-        if relative
-        else 1.0
-    )
-    weights = torch.softmax(-found.squared / (temperature * scale), dim=1)
-    ordered, order = torch.sort(found.index, dim=1)
-    return Neighbourhoods(ordered, weights.gather(1, order), whitened, found.report)
+    nearest, weights = found.index, found.squared  # the distances become the weights, block by block
+    chunk = max(1, chunk_elements // neighbours)
+    for start in range(0, len(nearest), chunk):
+        block = slice(start, start + chunk)
+        squared = weights[block]
+        scale = (
+            squared.mean(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny) if relative else 1.0
+        )
+        ordered, order = torch.sort(nearest[block], dim=1)
+        nearest[block] = ordered
+        weights[block] = torch.softmax(-squared / (temperature * scale), dim=1).gather(1, order)
+    return Neighbourhoods(nearest, weights, whitened, found.report)
 
 
 def _label_jitter(targets: Tensor) -> float:
@@ -278,16 +346,49 @@ def _label_chunk(neighbourhoods: Neighbourhoods, width: int, chunk_elements: int
     return max(1, min(len(neighbourhoods), chunk_elements // max(1, neighbours * width)))
 
 
-def _finish(means: Tensor, covariances: Tensor, jitter: float, dtype: torch.dtype) -> PseudoLabels:
-    """Add the jitter ridge, symmetrise, take symmetric roots and log-determinants; cast to ``dtype``."""
-    eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
-    covariances = covariances + jitter * eye
-    covariances = 0.5 * (covariances + covariances.mT)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariances)
-    eigenvalues = eigenvalues.clamp_min(jitter)
-    roots = (eigenvectors * eigenvalues.sqrt().unsqueeze(-2)) @ eigenvectors.mT
-    labels = PseudoLabels(means, covariances, 0.5 * (roots + roots.mT), eigenvalues.log().sum(dim=-1))
-    return labels.to(dtype)
+class _LabelWriter:
+    """Labels written block by block: float64 means and covariances of some rows in, the jitter ridge, the
+    symmetric roots and log-determinants of the kept ``parts`` out, in ``dtype``; temporaries are a
+    block's (the roots' eigendecompositions never hold all ``N`` rows at once)."""
+
+    def __init__(
+        self,
+        count: int,
+        dim: int,
+        jitter: float,
+        dtype: torch.dtype,
+        device: torch.device,
+        parts: frozenset[LabelPart],
+    ) -> None:
+        self.jitter = jitter
+        self.mean = torch.empty(count, dim, dtype=dtype, device=device)
+        matrix = (count, dim, dim)
+        self.covariance = (
+            torch.empty(matrix, dtype=dtype, device=device) if LabelPart.COVARIANCE in parts else None
+        )
+        self.root = torch.empty(matrix, dtype=dtype, device=device) if LabelPart.ROOT in parts else None
+        self.log_det = torch.empty(count, dtype=dtype, device=device) if LabelPart.LOG_DET in parts else None
+
+    def write(self, rows: slice, means: Tensor, covariances: Tensor) -> None:
+        """The labels of ``rows`` from their float64 ``means`` ``(c, D)``, ``covariances`` ``(c, D, D)``."""
+        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+        covariances = covariances + self.jitter * eye
+        covariances = 0.5 * (covariances + covariances.mT)
+        self.mean[rows] = means
+        if self.covariance is not None:
+            self.covariance[rows] = covariances
+        if self.root is None and self.log_det is None:
+            return
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariances)
+        eigenvalues = eigenvalues.clamp_min(self.jitter)
+        if self.root is not None:
+            roots = (eigenvectors * eigenvalues.sqrt().unsqueeze(-2)) @ eigenvectors.mT
+            self.root[rows] = 0.5 * (roots + roots.mT)
+        if self.log_det is not None:
+            self.log_det[rows] = eigenvalues.log().sum(dim=-1)
+
+    def labels(self) -> PseudoLabels:
+        return PseudoLabels(self.mean, self.covariance, self.root, self.log_det)
 
 
 def _check_values(neighbourhoods: Neighbourhoods, values: Tensor, name: str) -> None:
@@ -299,15 +400,18 @@ def _check_values(neighbourhoods: Neighbourhoods, values: Tensor, name: str) -> 
 
 
 def target_labels(
-    neighbourhoods: Neighbourhoods, targets: Tensor, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    neighbourhoods: Neighbourhoods,
+    targets: Tensor,
+    *,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    parts: frozenset[LabelPart] = ALL_PARTS,
 ) -> PseudoLabels:
     """``targets`` scheme (Algorithm 1): the weighted covariance of the neighbours' targets ``(N, D)``
     around their weighted mean. Time ``O(N k D²)``, memory ``O(chunk_elements + N D²)``."""
     _check_values(neighbourhoods, targets, "targets")
     y = targets.to(torch.float64)
     count, dim = y.shape
-    means = torch.empty_like(y)
-    covariances = torch.empty(count, dim, dim, dtype=torch.float64, device=y.device)
+    output = _LabelWriter(count, dim, _label_jitter(y), targets.dtype, y.device, parts)
     chunk = _label_chunk(neighbourhoods, dim, chunk_elements)
     for start in range(0, count, chunk):
         rows = slice(start, min(start + chunk, count))
@@ -315,12 +419,18 @@ def target_labels(
         neighbour_targets = y[neighbourhoods.index[rows]]
         mean = torch.einsum("ck,ckd->cd", weights, neighbour_targets)
         centred = neighbour_targets - mean[:, None, :]
-        means[rows] = mean
-        covariances[rows] = torch.einsum("ck,ckd,cke->cde", weights, centred, centred)
-    return _finish(means, covariances, _label_jitter(y), targets.dtype)
+        output.write(rows, mean, torch.einsum("ck,ckd,cke->cde", weights, centred, centred))
+    return output.labels()
 
 
-def residual_labels(neighbourhoods: Neighbourhoods, targets: Tensor, predictions: Tensor) -> PseudoLabels:
+def residual_labels(
+    neighbourhoods: Neighbourhoods,
+    targets: Tensor,
+    predictions: Tensor,
+    *,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    parts: frozenset[LabelPart] = ALL_PARTS,
+) -> PseudoLabels:
     """``residuals`` scheme: ``Σ̃ᵢ = Σⱼ wᵢⱼ rⱼ rⱼᵀ`` with ``rⱼ = yⱼ − μ̂(xⱼ)``, the weighted second moment of
     the neighbours' residuals under the current mean ``predictions`` ``(N, D)``.
 
@@ -329,7 +439,8 @@ def residual_labels(neighbourhoods: Neighbourhoods, targets: Tensor, predictions
     local bias is the model's own error, which the predicted covariance should carry. The label's ``mean``
     is ``μ̂(xᵢ) + Σⱼ wᵢⱼ rⱼ``. One sparse ``(N, N) × (N, D(D + 1)/2)`` product over the upper triangles of
     ``rⱼ rⱼᵀ``: time ``O(N k D²)``, no neighbour search, no ``(N, k, D)`` gather (8× faster than one at
-    N = 6 400, k = 256, D = 8), memory ``O(N k + N D²)``.
+    N = 6 400, k = 256, D = 8), memory ``O(N k + N D²)``: the products are ``8 N D(D + 1)/2`` bytes
+    (1.7 GB at N = 1 000 000, D = 20), the rest is computed in blocks of query rows.
     """
     _check_values(neighbourhoods, targets, "targets")
     _check_values(neighbourhoods, predictions, "predictions")
@@ -337,17 +448,27 @@ def residual_labels(neighbourhoods: Neighbourhoods, targets: Tensor, predictions
     mean = predictions.to(torch.float64)
     residuals = y - mean
     count, dim = y.shape
-    matrix = neighbourhoods.weight_matrix()
-    rows, columns = torch.triu_indices(dim, dim, device=y.device)
-    moments = matrix @ (residuals[:, rows] * residuals[:, columns])
-    covariances = torch.empty(count, dim, dim, dtype=torch.float64, device=y.device)
-    covariances[:, rows, columns] = moments
-    covariances[:, columns, rows] = moments
-    return _finish(mean + matrix @ residuals, covariances, _label_jitter(y), targets.dtype)
+    output = _LabelWriter(count, dim, _label_jitter(y), targets.dtype, y.device, parts)
+    upper, lower = torch.triu_indices(dim, dim, device=y.device)
+    products = residuals[:, upper] * residuals[:, lower]
+    chunk = _label_chunk(neighbourhoods, dim, chunk_elements)
+    for start in range(0, count, chunk):
+        rows = slice(start, min(start + chunk, count))
+        matrix = neighbourhoods.weight_matrix(rows)
+        moments = matrix @ products
+        covariances = torch.empty(len(moments), dim, dim, dtype=torch.float64, device=y.device)
+        covariances[:, upper, lower] = moments
+        covariances[:, lower, upper] = moments
+        output.write(rows, mean[rows] + matrix @ residuals, covariances)
+    return output.labels()
 
 
 def local_linear_labels(
-    neighbourhoods: Neighbourhoods, targets: Tensor, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    neighbourhoods: Neighbourhoods,
+    targets: Tensor,
+    *,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    parts: frozenset[LabelPart] = ALL_PARTS,
 ) -> PseudoLabels:
     """``local-linear`` scheme: the residual covariance of a weighted linear fit inside each neighbourhood.
 
@@ -374,8 +495,7 @@ def local_linear_labels(
         )
     y = targets.to(torch.float64)
     count, dim = y.shape
-    means = torch.empty_like(y)
-    covariances = torch.empty(count, dim, dim, dtype=torch.float64, device=y.device)
+    output = _LabelWriter(count, dim, _label_jitter(y), targets.dtype, y.device, parts)
     ridge_mask = torch.ones(inputs + 1, dtype=torch.float64, device=y.device)
     ridge_mask[0] = 0.0
     chunk = _label_chunk(neighbourhoods, inputs + 1 + dim, chunk_elements)
@@ -398,9 +518,9 @@ def local_linear_labels(
         errors = neighbour_targets - design @ coefficients
         leverage = torch.cholesky_solve(weighted.mT @ weighted, factor)
         dof = (1.0 - torch.diagonal(leverage, dim1=-2, dim2=-1).sum(dim=1)).clamp_min(LOCAL_LINEAR_DOF_FLOOR)
-        means[rows] = coefficients[:, 0, :]
-        covariances[rows] = torch.einsum("ck,ckd,cke->cde", weights, errors, errors) / dof[:, None, None]
-    return _finish(means, covariances, _label_jitter(y), targets.dtype)
+        covariances = torch.einsum("ck,ckd,cke->cde", weights, errors, errors) / dof[:, None, None]
+        output.write(rows, coefficients[:, 0, :], covariances)
+    return output.labels()
 
 
 def compute_pseudo_labels(
@@ -456,15 +576,18 @@ def labels_from_neighbourhoods(
     *,
     predictions: Tensor | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    parts: frozenset[LabelPart] = ALL_PARTS,
 ) -> PseudoLabels:
-    """The labels of ``scheme`` over precomputed ``neighbourhoods``; ``predictions`` ``(N, D)`` is the
-    current mean (required by ``residuals``, refused by the others)."""
+    """The labels of ``scheme`` over precomputed ``neighbourhoods``, keeping ``parts``; ``predictions``
+    ``(N, D)`` is the current mean (required by ``residuals``, refused by the others)."""
     scheme = parse_label_scheme(scheme)
     if (predictions is None) == (scheme is LabelScheme.RESIDUALS):
         needs = "needs" if scheme is LabelScheme.RESIDUALS else "takes no"
         raise ValueError(f"predictions: the {scheme.value} scheme {needs} mean predictions")
     if predictions is not None:
-        return residual_labels(neighbourhoods, targets, predictions)
+        return residual_labels(
+            neighbourhoods, targets, predictions, chunk_elements=chunk_elements, parts=parts
+        )
     if scheme is LabelScheme.LOCAL_LINEAR:
-        return local_linear_labels(neighbourhoods, targets, chunk_elements=chunk_elements)
-    return target_labels(neighbourhoods, targets, chunk_elements=chunk_elements)
+        return local_linear_labels(neighbourhoods, targets, chunk_elements=chunk_elements, parts=parts)
+    return target_labels(neighbourhoods, targets, chunk_elements=chunk_elements, parts=parts)

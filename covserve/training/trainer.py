@@ -248,8 +248,12 @@ def uses_pseudo_labels(config: TrainConfig) -> bool:
 
 
 def _run_labels(model: CovarianceModel, table: Table, config: TrainConfig, ranks: Ranks) -> RunLabels | None:
-    """The run's pseudo-labels when any epoch's loss needs them, else ``None``."""
-    return RunLabels.build(model, table, config, ranks) if uses_pseudo_labels(config) else None
+    """The run's pseudo-labels when any epoch's loss needs them, keeping the parts those losses read; else
+    ``None``."""
+    if not uses_pseudo_labels(config):
+        return None
+    parts = frozenset().union(*(_phase_loss(config, epoch).label_parts for epoch in (0, config.epochs - 1)))
+    return RunLabels.build(model, table, config, parts, ranks)
 
 
 def train(
@@ -477,7 +481,10 @@ class _Step:
         if ranks.distributed:
             share_batch_statistics(model)
         self._parallel = (
-            torch.nn.parallel.DistributedDataParallel(_Forward(model)) if ranks.distributed else None
+            # the running statistics are equal on every rank (whole-batch moments), so none is broadcast
+            torch.nn.parallel.DistributedDataParallel(_Forward(model), broadcast_buffers=False)
+            if ranks.distributed
+            else None
         )
 
     def __call__(self, inputs: torch.Tensor) -> Prediction:
