@@ -10,15 +10,19 @@ same seed and global batch: one process with 1 thread, one process with 2 thread
 ranks (gloo on 127.0.0.1) with 1 thread each. The table takes the last epoch (the first is a warm-up), its
 training seconds without the label refresh, and the neighbour search's seconds from ``report.json`` (two
 ranks search half of the query rows each). Samples per second are training rows over training seconds.
-The final validation NLL of each run shows that they trained the same model.
+The final validation NLL of each run shows that they trained the same model. Last, the latency of one
+gloo all-reduce between two processes on 127.0.0.1 (:data:`LATENCY_REPEATS` of them, median), which every
+training step pays about :data:`COLLECTIVES_PER_STEP` times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,11 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from _arguments import positive_int
 from _machine import describe_machine
 from _report import write_report
+from torch.multiprocessing.spawn import start_processes
 
 FULL_SAMPLES = 100_000
 QUICK_SAMPLES = 3_000
@@ -40,6 +47,12 @@ QUICK_EPOCHS = 1
 BATCH_SIZES = (32, 512)
 INPUT_DIM, TARGET_DIM = 8, 4
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "distributed.md"
+LATENCY_REPEATS = 1000
+LATENCY_FLOATS = 100
+COLLECTIVES_PER_STEP = 22
+"""Per step of the default network (5 residual blocks per network, one batch normalisation each): one
+all-reduce per batch normalisation layer forward and one backward (20), DDP's gradient bucket (1), the
+step's loss and divergence flag (1)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,29 @@ def _fit(setting: Setting, samples: int, epochs: int, batch: int, root: Path) ->
     )
 
 
+def _all_reduce_latency(rank: int, port: int, results: Any) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    values = torch.zeros(LATENCY_FLOATS)
+    seconds = []
+    for _ in range(LATENCY_REPEATS):
+        started = time.perf_counter()
+        dist.all_reduce(values)
+        seconds.append(time.perf_counter() - started)
+    if rank == 0:
+        results.append(statistics.median(seconds))
+    dist.destroy_process_group()
+
+
+def _collective_latency() -> float:
+    """Median seconds of one gloo all-reduce of :data:`LATENCY_FLOATS` floats between two processes."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        results = manager.list()
+        start_processes(_all_reduce_latency, args=(_free_port(), results), nprocs=2, start_method="spawn")  # type: ignore[no-untyped-call]
+        return float(results[0])
+
+
 def _load() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -157,7 +193,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             print(lines[-1], flush=True)
             write_report(args.output, "\n".join(lines) + "\n")
-    lines += ["", f"Load average at the end: {_load()}"]
+    latency = _collective_latency()
+    lines += [
+        "",
+        f"One gloo all-reduce of {LATENCY_FLOATS} floats between two processes on 127.0.0.1: "
+        f"{latency * 1e6:.0f} µs (median of {LATENCY_REPEATS}); a training step makes about "
+        f"{COLLECTIVES_PER_STEP}, {COLLECTIVES_PER_STEP * latency * 1e3:.1f} ms.",
+        "",
+        f"Load average at the end: {_load()}",
+    ]
     print("\n".join(lines))
     write_report(args.output, "\n".join(lines) + "\n")
 

@@ -4,6 +4,7 @@ ablation.
     python benchmarks/pseudolabels.py                # N = 1k … 1M at M = 8 and 32, D = 4, every index
     python benchmarks/pseudolabels.py --max-samples 100000   # stop at 100k
     python benchmarks/pseudolabels.py --indexes kdtree,faiss # some indexes only
+    python benchmarks/pseudolabels.py --indexes kdtree --input-dims 8 --sizes 10000000 --cost-only
     python benchmarks/pseudolabels.py --quick        # tiny sizes, a smoke test
     python benchmarks/pseudolabels.py --output benchmarks/results/pseudolabels.md
     python benchmarks/pseudolabels.py --schemes --output benchmarks/results/label_schemes.md
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _arguments import positive_int
+from _arguments import positive_int, positive_ints
 from _machine import describe_machine
 from _report import write_report
 
@@ -360,6 +361,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     parser.add_argument("--max-samples", type=positive_int, default=None, help="skip sizes above this N")
     parser.add_argument(
+        "--sizes", type=positive_ints, default=None, help="comma-separated N to measure instead of 1k…1M"
+    )
+    parser.add_argument(
+        "--input-dims", type=positive_ints, default=None, help="comma-separated M instead of 8,32"
+    )
+    parser.add_argument("--cost-only", action="store_true", help="skip the k/τ ablation")
+    parser.add_argument(
         "--schemes", action="store_true", help="compare the label schemes (error and refresh cost) instead"
     )
     parser.add_argument(
@@ -392,13 +400,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         _write(args.output, lines)
         return
 
-    sizes = [n for n in (QUICK_SIZES if args.quick else FULL_SIZES) if n <= (args.max_samples or n)]
-    skipped = [n for n in FULL_SIZES if not args.quick and n not in sizes]
+    planned = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    sizes = [n for n in planned if n <= (args.max_samples or n)]
+    skipped = [n for n in planned if not args.quick and n not in sizes]
+    input_dims = args.input_dims or (QUICK_INPUT_DIMS if args.quick else INPUT_DIMS)
     flags = (" --quick" if args.quick else "") + (
         f" --max-samples {args.max_samples}" if args.max_samples else ""
     )
     if args.indexes != ",".join(index.value for index in INDEXES):
         flags += f" --indexes {args.indexes}"
+    for name, values in (("--input-dims", args.input_dims), ("--sizes", args.sizes)):
+        flags += f" {name} {','.join(str(value) for value in values)}" if values else ""
+    flags += " --cost-only" if args.cost_only else ""
     indexes = [NeighbourIndex(name) for name in _split(args.indexes)]
     lines = [
         "# Pseudo-label cost and quality",
@@ -421,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for index in indexes:
-        for input_dim in QUICK_INPUT_DIMS if args.quick else INPUT_DIMS:
+        for input_dim in input_dims:
             for samples in sizes:
                 if not args.quick and not _runs(index, input_dim, samples):
                     continue
@@ -444,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines += ["", f"Load average at the end: {_load()}"]
     if skipped:
         lines += ["", f"Not run here (`--max-samples`): N = {', '.join(str(n) for n in skipped)}."]
+    if args.cost_only:
+        _write(args.output, lines)
+        return
     lines += [
         "",
         "## Ablation: mean relative Frobenius error of the labels against the true Σ(x)",

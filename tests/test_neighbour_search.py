@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,21 @@ def test_fit_with_faiss_prints_and_records_the_recall(
     assert report["requested"] == "faiss"
     assert 0.95 <= report["recall"] <= 1.0
     assert report["recall_rows"] > 0
+
+
+def test_faiss_missing_is_a_usage_error_naming_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what `import faiss` sees where faiss-cpu is absent
+    code = main(
+        [
+            "fit", "--data", "synthetic", "--in-dim", "2", "--out-dim", "2", "--samples", "300",
+            "--epochs", "1", "--neighbour-index", "faiss", "--device", "cpu", "--no-progress",
+            "--repository", str(tmp_path / "models"), "--run-dir", str(tmp_path / "runs"),
+        ]
+    )  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "covserve-train: error: --neighbour-index faiss: faiss-cpu is not installed" in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "runs").exists(), "refused before a run folder exists"

@@ -261,10 +261,10 @@ def search(
             whitened, rows, neighbours, include_self, chunk_elements, tile_columns
         )
         return Found(squared, found, SearchReport(requested, used, reason, time.perf_counter() - started))
-    points = whitened.cpu().numpy()
-    queries = rows.cpu().numpy()
     if used is NeighbourIndex.KDTREE:
-        found_np, parameters = _kdtree(points, queries, neighbours, include_self, threads)
+        found_np, parameters = _kdtree(
+            whitened.cpu().numpy(), rows.cpu().numpy(), neighbours, include_self, threads
+        )
         measured: float | None = None
         sample = 0
     else:

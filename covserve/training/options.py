@@ -8,6 +8,7 @@ before the trainer's heavy imports load (``covserve-train --help`` answers in we
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
 
 __all__ = [
     "DEFAULT_NEIGHBOURS",
@@ -21,6 +22,8 @@ __all__ = [
     "parse_label_scheme",
     "parse_neighbour_index",
 ]
+
+_Option = TypeVar("_Option", bound=Enum)
 
 DEFAULT_NEIGHBOURS = 64
 """``k`` of the ``targets`` scheme (its ablation: :mod:`covserve.training.pseudolabels`)."""
@@ -76,13 +79,18 @@ def default_neighbours(scheme: LabelScheme | str) -> int:
     return DEFAULT_RESIDUAL_NEIGHBOURS
 
 
+def _parse(kind: type[_Option], value: _Option | str, name: str) -> _Option:
+    """``value`` as a member of ``kind``; ``ValueError`` naming ``name`` and listing the valid values."""
+    try:
+        return kind(value)
+    except ValueError:
+        valid = ", ".join(member.value for member in kind)
+        raise ValueError(f"{name}: expected one of {valid}, got {value!r}") from None
+
+
 def parse_label_scheme(scheme: LabelScheme | str) -> LabelScheme:
     """``scheme`` as a :class:`LabelScheme`; ``ValueError`` listing the valid names otherwise."""
-    try:
-        return LabelScheme(scheme)
-    except ValueError:
-        valid = ", ".join(s.value for s in LabelScheme)
-        raise ValueError(f"scheme: expected one of {valid}, got {scheme!r}") from None
+    return _parse(LabelScheme, scheme, "scheme")
 
 
 class NeighbourIndex(str, Enum):
@@ -95,13 +103,9 @@ class NeighbourIndex(str, Enum):
     KDTREE = "kdtree"
     """``scipy.spatial.cKDTree``: exact, fast for few inputs."""
     FAISS = "faiss"
-    """A FAISS inverted-file index: approximate, its recall measured on a sample at every run."""
+    """A FAISS HNSW graph: approximate, its recall measured on a sample at every run."""
 
 
 def parse_neighbour_index(index: NeighbourIndex | str) -> NeighbourIndex:
     """``index`` as a :class:`NeighbourIndex`; ``ValueError`` listing the valid names otherwise."""
-    try:
-        return NeighbourIndex(index)
-    except ValueError:
-        valid = ", ".join(i.value for i in NeighbourIndex)
-        raise ValueError(f"neighbour index: expected one of {valid}, got {index!r}") from None
+    return _parse(NeighbourIndex, index, "neighbour index")

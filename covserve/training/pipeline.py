@@ -23,7 +23,7 @@ from covserve.training.distributed import SINGLE, Ranks
 from covserve.training.errors import UsageError
 from covserve.training.export import ModelCard, check_interface_unchanged, export_model
 from covserve.training.methods import Method
-from covserve.training.neighbour_search import SearchReport
+from covserve.training.neighbour_search import NeighbourIndex, SearchReport, faiss_available
 from covserve.training.networks import CovarianceModel
 from covserve.training.options import NGBOOST_ESTIMATORS
 from covserve.training.runs import RunDirectory, create_run_directory
@@ -82,9 +82,14 @@ class FitOutcome:
 
 
 def check_fit_split(config: RunConfig, split: Split) -> None:
-    """Refuse a ``fit`` whose ``--device`` is unusable here or whose split has no test rows (the test rows
-    score the model and verify its export)."""
+    """Refuse a ``fit`` whose ``--device`` is unusable here, whose ``--neighbour-index`` is not installed,
+    or whose split has no test rows (the test rows score the model and verify its export)."""
     resolve_device(config.train.device)
+    wants_faiss = config.train.neighbour_index is NeighbourIndex.FAISS
+    if wants_faiss and uses_pseudo_labels(config.train) and not faiss_available():
+        raise UsageError(
+            "--neighbour-index faiss: faiss-cpu is not installed (pip install 'covserve[train]')"
+        )
     if len(split.test) == 0:
         raise UsageError(
             "--test-fraction must be > 0: fit reports test metrics and verifies the export on them"
