@@ -116,7 +116,11 @@ RECALL_DISTANCE_RTOL = 1e-9
 """Relative slack on the exact ``k``-th distance within which a returned neighbour counts as found."""
 
 LOCALITY_CLUSTERS = 1024
-"""k-means clusters whose order lays out the rows for the FAISS graph (at most one per 64 rows)."""
+"""k-means clusters whose order lays out the rows for the FAISS graph (at most one per
+:data:`LOCALITY_ROWS_PER_CLUSTER` rows)."""
+
+LOCALITY_ROWS_PER_CLUSTER = 64
+"""Rows per cluster, at least, and the k-means training rows per centroid (FAISS warns below 39)."""
 
 HNSW_LINKS = 32
 """Graph links per node (FAISS's ``M``): memory ``≈ 8 · 2 · HNSW_LINKS`` bytes per row besides the rows."""
@@ -527,7 +531,7 @@ def _faiss(
 
 
 def _clusters(count: int) -> int:
-    return max(1, min(LOCALITY_CLUSTERS, count // 64))
+    return max(1, min(LOCALITY_CLUSTERS, count // LOCALITY_ROWS_PER_CLUSTER))
 
 
 def _cluster_order(faiss: Any, points: NDArray[np.float32], seed: int) -> NDArray[np.int64]:
@@ -535,7 +539,9 @@ def _cluster_order(faiss: Any, points: NDArray[np.float32], seed: int) -> NDArra
     clusters = _clusters(len(points))
     if clusters == 1:
         return np.arange(len(points), dtype=np.int64)
-    kmeans = faiss.Kmeans(points.shape[1], clusters, niter=10, seed=seed, max_points_per_centroid=64)
+    kmeans = faiss.Kmeans(
+        points.shape[1], clusters, niter=10, seed=seed, max_points_per_centroid=LOCALITY_ROWS_PER_CLUSTER
+    )
     kmeans.train(points)
     _, assignment = kmeans.index.search(points, 1)
     order: NDArray[np.int64] = np.argsort(assignment[:, 0], kind="stable").astype(np.int64)
