@@ -7,7 +7,8 @@
 Both servers run at once (``python -m covserve.service`` started in each checkout, so each imports its own
 ``covserve``; the same virtual environment), over the same exported model, with the flags of
 ``benchmarks/serving.py``. Every hot-path cell of ``serving.py`` (native JSON and OIP binary, 1 and 256
-rows, concurrency 1, 16 and 64, batching off and on) is measured ``--rounds`` times on each server,
+rows, concurrency 1, 16 and 64, its three batching modes; a baseline before ``--no-batching`` existed
+cannot run them) is measured ``--rounds`` times on each server,
 alternating which goes first (``--rows 1`` keeps the single-row cells only, for more rounds in the same
 time). Where the machine has two or more CPUs (Linux), both servers are pinned to CPU 0 and the load
 generator to CPU 1, so the two never compete for a core and a cell measures one core's worth of server.

@@ -78,7 +78,8 @@ def test_make_demo_trains_the_demo_configuration_then_serves_what_it_published(t
     [
         "tac.py",
         pytest.param("pseudolabels.py", marks=pytest.mark.slow(reason="labels and trains at the quick size")),
-        pytest.param("serving.py", marks=pytest.mark.slow(reason="starts four server processes")),
+        pytest.param("serving.py", marks=pytest.mark.slow(reason="starts five server processes")),
+        pytest.param("batching.py", marks=pytest.mark.slow(reason="starts four server processes")),
         pytest.param(
             "distributed.py", marks=pytest.mark.slow(reason="six fits, two of them through torchrun")
         ),

@@ -36,7 +36,7 @@ def repository(served_repository: Path) -> Path:
     return served_repository
 
 
-def _served(repository: Path, **overrides: float) -> tuple[Settings, ServedModels, ServiceMetrics]:
+def _served(repository: Path, **overrides: float | bool) -> tuple[Settings, ServedModels, ServiceMetrics]:
     settings = Settings(repository=repository, threads=1, **overrides)  # type: ignore[arg-type]
     metrics = ServiceMetrics()
     models = ServedModels(settings, metrics)
@@ -96,7 +96,7 @@ def test_merged_runs_split_back_to_each_request(repository: Path, name: str) -> 
 
 
 def test_batching_off_runs_every_request_alone(repository: Path) -> None:
-    settings, models, metrics = _served(repository, max_queue_delay_ms=0.0)
+    settings, models, metrics = _served(repository, batching=False)
     model = models.get("alpha")
     requests = _requests(3, seed=7)
 
@@ -106,6 +106,92 @@ def test_batching_off_runs_every_request_alone(repository: Path) -> None:
     outcomes = asyncio.run(scenario())
     assert [outcome.batch_rows for outcome in outcomes] == [len(rows) for rows in requests]
     assert _batch_sizes(metrics, "alpha") == (REQUESTS, sum(len(r) for r in requests))
+
+
+def test_by_default_requests_arriving_while_the_workers_are_busy_share_the_next_run(
+    repository: Path,
+) -> None:
+    """One worker, held by a large first request; eleven requests that arrive while it runs wait and are
+    merged into one run when it comes free, each getting its own rows' numbers."""
+    settings, models, metrics = _served(repository, workers=1)
+    assert settings.batching
+    assert settings.max_queue_delay_ms == 0
+    model = models.get("alpha")
+    first = np.random.default_rng(2).normal(size=(settings.max_batch_size, 3))
+    requests = _requests(3, seed=3)[1:]
+
+    async def scenario() -> list[Outcome]:
+        inference = Inference(settings, metrics)
+        try:
+            running = asyncio.ensure_future(inference.run(model, model.checked(first)))
+            while inference.idle_workers:  # the first request's run has started
+                await asyncio.sleep(0)
+            later = [inference.run(model, model.checked(rows)) for rows in requests]
+            return list(await asyncio.gather(running, *later))
+        finally:
+            inference.shutdown()
+
+    outcomes = asyncio.run(scenario())
+    rest = sum(len(rows) for rows in requests)
+    assert [outcome.batch_rows for outcome in outcomes] == [len(first)] + [rest] * len(requests)
+    assert _batch_sizes(metrics, "alpha") == (2, len(first) + rest)
+    for rows, outcome in zip([first, *requests], outcomes, strict=True):
+        mean, covariance = _reference(repository, "alpha", rows)
+        np.testing.assert_allclose(outcome.prediction.mean, mean, rtol=TOLERANCE, atol=TOLERANCE)
+        np.testing.assert_allclose(outcome.prediction.covariance, covariance, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_requests_arriving_together_are_merged_up_to_the_batch_size(repository: Path) -> None:
+    settings, models, metrics = _served(repository, workers=2, max_batch_size=4)
+    model = models.get("alpha")
+    requests = [np.full((1, 3), float(i)) for i in range(10)]
+
+    async def scenario() -> list[Outcome]:
+        return await _concurrently(Inference(settings, metrics), model, requests)
+
+    outcomes = asyncio.run(scenario())
+    # the two workers take four each; the last two wait for the first worker to come free
+    assert [outcome.batch_rows for outcome in outcomes] == [4] * 8 + [2] * 2
+    assert _batch_sizes(metrics, "alpha") == (3, 10)
+
+
+def test_two_models_share_the_workers_oldest_queue_first(repository: Path) -> None:
+    settings, models, metrics = _served(repository, workers=1)
+    alpha, beta = models.get("alpha"), models.get("beta")
+
+    async def scenario() -> list[Outcome]:
+        inference = Inference(settings, metrics)
+        try:
+            runs = [
+                inference.run(alpha, alpha.checked(np.zeros((1, 3)))),
+                inference.run(beta, beta.checked(np.zeros((2, 2)))),
+                inference.run(alpha, alpha.checked(np.ones((3, 3)))),
+                inference.run(beta, beta.checked(np.ones((1, 2)))),
+            ]
+            return list(await asyncio.gather(*runs))
+        finally:
+            inference.shutdown()
+
+    outcomes = asyncio.run(scenario())
+    # alpha's queue is the older: its two requests run first, then beta's two
+    assert [outcome.batch_rows for outcome in outcomes] == [4, 3, 4, 3]
+    assert outcomes[0].queue_seconds < outcomes[1].queue_seconds
+    assert _batch_sizes(metrics, "alpha") == (1, 4)
+    assert _batch_sizes(metrics, "beta") == (1, 3)
+
+
+def test_a_lone_request_runs_without_waiting_by_default(repository: Path) -> None:
+    settings, models, metrics = _served(repository)
+    model = models.get("beta")
+
+    async def scenario() -> list[Outcome]:
+        return await _concurrently(Inference(settings, metrics), model, [np.zeros((2, 2))])
+
+    (outcome,) = asyncio.run(scenario())
+    # no timer: the run starts on the next turns of the event loop (the bound only allows for a loaded
+    # machine's thread wake-up; with --max-queue-delay-ms the same request waits the delay, tested below)
+    assert outcome.queue_seconds < 0.05
+    assert outcome.batch_rows == 2
 
 
 def test_a_full_batch_does_not_wait_for_the_delay(repository: Path) -> None:

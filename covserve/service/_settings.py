@@ -69,14 +69,23 @@ class Settings(BaseSettings):
         "raised to fit)",
     )
     max_rows: int = Field(default=4096, ge=1, description="largest accepted batch of rows per request")
+    batching: bool = Field(
+        default=True,
+        description="dynamic batching: a request runs at once when a worker is free, and requests that "
+        "arrive while every worker is busy are merged into the next run (--no-batching: every request "
+        "runs alone)",
+    )
     max_batch_size: int = Field(
-        default=256, ge=1, description="dynamic batching: most rows merged into one session.run"
+        default=1024,
+        ge=1,
+        description="dynamic batching: most rows merged into one session.run (a larger request runs alone)",
     )
     max_queue_delay_ms: float = Field(
         default=0.0,
         ge=0,
         le=10_000,
-        description="dynamic batching: longest wait for more requests, in ms (0: batching off)",
+        description="dynamic batching: hold waiting requests until --max-batch-size rows or this many ms "
+        "have passed, for fuller batches at a latency cost (0: run as soon as a worker is free)",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
