@@ -311,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rounds: int = args.rounds or (1 if args.quick else ROUNDS)
     cells = QUICK_CELLS if args.quick else CELLS
     modes = _modes(baseline)
+    revisions = {mode.label: _revision(mode.source) for mode in modes}
 
     load_at_start = os.getloadavg()
     results: dict[Key, Series] = {}
@@ -350,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command += "" if args.perf_analyzer is None else " --perf-analyzer <binary>"
     command += f" --seconds {seconds:g} --rounds {rounds}"
     modes_text = [
-        f"* `{mode.label}`: {_revision(mode.source)}; flags `{' '.join(mode.flags) or '(defaults)'}`"
+        f"* `{mode.label}`: {revisions[mode.label]}; flags `{' '.join(mode.flags) or '(defaults)'}`"
         for mode in modes
     ]
     lines = [
