@@ -2,11 +2,47 @@
 
 Two packages, one each side of the model repository: :mod:`covserve.training` (PyTorch, the
 ``train`` extra) writes ``models/<name>/<version>/``, :mod:`covserve.service` (ONNX Runtime, never
-torch) serves it. This module imports neither.
+torch) serves it. The names users reach for first are here, each imported on first use so that
+``import covserve`` loads neither torch nor the service:
+
+* :class:`CovarianceRegressor`: training as a scikit-learn estimator (the ``train`` extra);
+* :class:`Client` and :class:`AsyncClient`: the typed HTTP client of a covserve server;
+* :class:`PredictiveDistribution`: what both return for a batch of rows (mean, covariance, ``logpdf``,
+  ``sample``, ``interval``, ``condition``).
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from covserve.client import AsyncClient, Client
+    from covserve.distribution import PredictiveDistribution
+    from covserve.training.estimator import CovarianceRegressor
 
 __version__ = version("covserve")
 
-__all__ = ["__version__"]
+__all__ = ["AsyncClient", "Client", "CovarianceRegressor", "PredictiveDistribution", "__version__"]
+
+_MODULE_OF = {
+    "AsyncClient": "covserve.client",
+    "Client": "covserve.client",
+    "CovarianceRegressor": "covserve.training.estimator",
+    "PredictiveDistribution": "covserve.distribution",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported from their module on first use (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

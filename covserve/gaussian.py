@@ -1,4 +1,4 @@
-"""Batched Gaussian utilities in numpy for the service (no torch).
+"""Batched Gaussian utilities in numpy, shared by the service, the estimator and the client (no torch).
 
 Shapes: ``mean`` ``(B, D)``, ``covariance`` ``(B, D, D)``; float64 throughout.
 """

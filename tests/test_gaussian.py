@@ -1,4 +1,4 @@
-"""Tests of the numpy ``covserve.service.gaussian`` against naive references.
+"""Tests of the numpy ``covserve.gaussian`` against naive references.
 
 Every closed form is checked against a per-sample reference built in this file from
 ``numpy.linalg.inv`` and explicit loops.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-import covserve.service.gaussian as np_gaussian
+import covserve.gaussian as np_gaussian
 from covserve.training.metrics import conditional_residuals
 
 FloatArray = NDArray[np.float64]
@@ -343,7 +343,7 @@ def test_spd_nested_batch_shape() -> None:
 
 def test_service_gaussian_does_not_import_torch() -> None:
     completed = subprocess.run(
-        [sys.executable, "-c", "import sys, covserve.service.gaussian; assert 'torch' not in sys.modules"],
+        [sys.executable, "-c", "import sys, covserve.gaussian; assert 'torch' not in sys.modules"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

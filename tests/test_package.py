@@ -32,7 +32,7 @@ MODULES = [
     "covserve.training.synthetic",
     "covserve.service",
     "covserve.service.cli",
-    "covserve.service.gaussian",
+    "covserve.gaussian",
     "covserve.service._access",
     "covserve.service._app",
     "covserve.service._body",
@@ -139,7 +139,7 @@ def test_covserve_train_without_the_training_extra_says_so_in_one_line(
 
 def test_the_service_package_never_imports_torch() -> None:
     code = (
-        "import sys, covserve.service, covserve.service.cli, covserve.service.gaussian, "
+        "import sys, covserve.service, covserve.service.cli, covserve.gaussian, "
         "covserve.service._app; "
         "assert 'torch' not in sys.modules, 'service imported torch'"
     )

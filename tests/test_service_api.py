@@ -16,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from covserve.service import Settings, gaussian
+from covserve import gaussian
+from covserve.service import Settings
 from covserve.service._requests import ConditionRequest, PredictRequest
 from covserve.service.cli import _freeze_startup_objects
 from tests.service_fixtures import in_process_client

@@ -31,7 +31,7 @@ from covserve.service._errors import (
 )
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._responses import service_error_response
-from covserve.service.gaussian import mahalanobis
+from covserve.gaussian import mahalanobis
 
 __all__: list[str] = []
 

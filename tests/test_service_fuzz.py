@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from covserve.service import Settings, gaussian
+from covserve import gaussian
+from covserve.service import Settings
 from tests.service_fixtures import running_server
 
 MODELS = {"alpha": (3, 2), "beta": (2, 3)}

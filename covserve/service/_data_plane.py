@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from numpy.typing import NDArray
 
 from covserve.repository import INPUT_NAME, OUTPUT_NAMES
-from covserve.service import gaussian
+from covserve import gaussian
 from covserve.service._admission import Admission, body_limit
 from covserve.service._body import declared_length, read_body
 from covserve.service._errors import InvalidRequestError, ServiceError, TooLargeError

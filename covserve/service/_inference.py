@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from covserve.service import gaussian
+from covserve import gaussian
 from covserve.service._errors import UnanswerableInputError
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._runtime import LoadedModel, Prediction

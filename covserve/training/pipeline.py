@@ -46,6 +46,7 @@ __all__ = [
     "fit",
     "model_card",
     "publish",
+    "publish_card",
     "republish",
     "start_run",
 ]
@@ -147,10 +148,24 @@ def publish(
     ``neighbour_search`` (:meth:`SearchReport.as_dict`) is recorded in ``model.json``."""
     if model.kind.value == "tic":
         return None
-    check_publishable(config, split)
-    verification = split.test.inputs[:VERIFICATION_ROWS]
     card = model_card(config, split, metrics, neighbour_search)
-    return export_model(model.cpu(), card, config.repository, verification)
+    verification = split.test.inputs[:VERIFICATION_ROWS]
+    return publish_card(model, card, config.repository, verification, config.allow_schema_change)
+
+
+def publish_card(
+    model: CovarianceModel,
+    card: ModelCard,
+    repository: Path,
+    verification: np.ndarray,
+    allow_schema_change: bool,
+) -> Path:
+    """Export ``model`` with ``card`` as the next version of ``card.name`` in ``repository``, verified on
+    the raw-unit ``verification`` inputs ``(N, M)``; refused (:class:`UsageError`) when its inputs or targets
+    differ from the latest version's, unless ``allow_schema_change``."""
+    if not allow_schema_change:
+        check_interface_unchanged(repository, card.name, card.input_names, card.target_names)
+    return export_model(model.cpu(), card, repository, verification)
 
 
 def fit(
