@@ -90,7 +90,7 @@ def test_every_output_a_version_and_named_columns(serve: Callable[..., str], ser
     outputs = ["mean", "covariance", "std", "correlation", "scale", "interval", "mahalanobis_ood"]
     with Client(serve()) as client:
         prediction = client.predict(rows, model="beta", version=1, outputs=outputs, level=0.5)
-    mean, covariance = _reference(served_repository, "beta", 1, rows)
+    _, covariance = _reference(served_repository, "beta", 1, rows)
     assert prediction.version == 1
     assert prediction.interval is not None
     assert prediction.level == 0.5
@@ -98,6 +98,7 @@ def test_every_output_a_version_and_named_columns(serve: Callable[..., str], ser
     want_lower, want_upper = prediction.distribution.interval(0.5)
     np.testing.assert_allclose(lower, want_lower, rtol=1e-9)
     np.testing.assert_allclose(upper, want_upper, rtol=1e-9)
+    assert prediction.std is not None
     np.testing.assert_allclose(prediction.std, np.sqrt(np.diagonal(covariance, axis1=1, axis2=2)), rtol=1e-6)
     assert prediction.mahalanobis_ood is not None
     assert prediction.mahalanobis_ood.shape == (4,)
@@ -107,7 +108,9 @@ def test_every_output_a_version_and_named_columns(serve: Callable[..., str], ser
     )
 
 
-def test_models_readiness_and_the_only_model_default(serve: Callable[..., str], alpha_repository: Path) -> None:
+def test_models_readiness_and_the_only_model_default(
+    serve: Callable[..., str], alpha_repository: Path
+) -> None:
     with Client(serve()) as client:
         assert client.ready()
         assert client.ready("alpha")
@@ -143,7 +146,7 @@ def test_a_400_is_raised_at_once_with_the_servers_message(serve: Callable[..., s
     assert caught.value.message == "inputs: expected rows of 3 features ['x0', 'x1', 'x2'], got widths [5]"
     assert elapsed < 5.0  # no backoff was slept
     assert _requests_counted(url, "400") == before + 1  # one request: never retried
-    with Client(url) as client, pytest.raises(NotFoundError, match="HTTP 404: .*'gamma'"):
+    with Client(url) as client, pytest.raises(NotFoundError, match=r"HTTP 404: .*'gamma'"):
         client.predict(_rows(1, 2), model="gamma", transport="json")
 
 
@@ -156,9 +159,14 @@ def test_a_503_with_retry_after_is_retried_until_the_server_has_room(served_repo
     rows = _rows(1, 3)
     with running_server(settings) as url:
         holders = [
-            threading.Thread(target=lambda: httpx.post(
-                url + "/v1/models/alpha/predict", json={"inputs": rows.tolist()}, timeout=30, trust_env=False
-            ))
+            threading.Thread(
+                target=lambda: httpx.post(
+                    url + "/v1/models/alpha/predict",
+                    json={"inputs": rows.tolist()},
+                    timeout=30,
+                    trust_env=False,
+                )
+            )
             for _ in range(2)
         ]
         for holder in holders:
@@ -166,7 +174,8 @@ def test_a_503_with_retry_after_is_retried_until_the_server_has_room(served_repo
         deadline = time.monotonic() + 10
         while _in_flight(url) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with Client(url, model="alpha", retries=0) as impatient, pytest.raises(ServiceUnavailableError) as full:
+        impatient = Client(url, model="alpha", retries=0)
+        with impatient, pytest.raises(ServiceUnavailableError) as full:
             impatient.predict(rows)
         assert full.value.retry_after == 1.0
         refused = _requests_counted(url, "503")
@@ -185,7 +194,8 @@ def test_a_503_with_retry_after_is_retried_until_the_server_has_room(served_repo
 
 def _in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", trust_env=False).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("covserve_inflight_requests"))
+    lines = [line for line in text.splitlines() if line.startswith("covserve_inflight_requests")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_api_keys_and_an_unreachable_server(served_repository: Path) -> None:
@@ -199,11 +209,11 @@ def test_api_keys_and_an_unreachable_server(served_repository: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     with Client(f"127.0.0.1:{closed}", retries=2, backoff=0.01) as client:
-        with pytest.raises(TransportError, match="127.0.0.1"):
+        with pytest.raises(TransportError, match=r"127\.0\.0\.1"):
             client.models()
         with pytest.raises(TransportError):
             client.ready()
-        with pytest.raises(ServiceUnavailableError, match="not ready within 0.2 s"):
+        with pytest.raises(ServiceUnavailableError, match=r"not ready within 0\.2 s"):
             client.wait_until_ready(timeout=0.2)
     with pytest.raises(ValueError, match="x: row 1 holds a NaN"):
         Client("127.0.0.1:1").predict(np.array([[0.0, 1.0, 2.0], [np.nan, 0.0, 0.0]]), model="alpha")

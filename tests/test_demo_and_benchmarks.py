@@ -128,19 +128,29 @@ def _readme_python_blocks() -> list[str]:
     return [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
 
 
-def test_the_readme_python_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The training example as written; the client examples against a real server over a ``demo``-shaped
-    model (their ``localhost:8000`` replaced by the test server's address)."""
+def test_the_readme_python_examples_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training and estimator examples as written (in a scratch folder: the estimator exports into
+    ``models/``); the client examples against a real server over a ``demo``-shaped model (their
+    ``localhost:8000`` replaced by the test server's address)."""
     blocks = _readme_python_blocks()
-    assert len(blocks) >= 2, "README.md lacks the training or the tritonclient example"
+    assert len(blocks) >= 4, "README.md lacks the estimator, client, training or tritonclient example"
     export_tiny_model(tmp_path / "models", "demo", in_dim=4, out_dim=4, kind="sqrt", seed=0)
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    monkeypatch.chdir(notebook)
     with running_server(Settings(repository=tmp_path / "models", threads=1)) as url:
         for block in blocks:
             code = block.replace("localhost:8000", url.removeprefix("http://"))
             exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "torch.Size([32, 4, 4]) torch.Size([32])" in printed
-    assert "(1, 4) (1, 4, 4)" in printed
+    assert printed.count("(1, 4) (1, 4, 4)") == 2  # the covserve client and tritonclient
+    assert "(2, 4, 4) (2,)" in printed
+    assert printed.count("('y0', 'y2', 'y3')") == 2
+    assert "['demo/1'] True" in printed
+    assert (notebook / "models" / "notebook" / "1" / "model.onnx").is_file()
 
 
 def _synthetic(benchmark: Callable[..., Finished], tmp_path: Path, *extra: str) -> Finished:

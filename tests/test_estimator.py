@@ -22,11 +22,15 @@ from covserve.service._metrics import ServiceMetrics
 from covserve.service._registry import ServedModels
 from covserve.training.synthetic import multivariate
 
-FAST = {"epochs": 2, "width": 8, "depth": 1}
-"""Small networks and few epochs: these tests check the plumbing, the benchmarks the accuracy."""
+
+def _fast() -> CovarianceRegressor:
+    """Small networks and few epochs: these tests check the plumbing, the benchmarks the accuracy."""
+    return CovarianceRegressor(epochs=2, width=8, depth=1)
 
 
-def _data(samples: int = 300, in_dim: int = 3, out_dim: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _data(
+    samples: int = 300, in_dim: int = 3, out_dim: int = 2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     data = multivariate(in_dim=in_dim, out_dim=out_dim, samples=samples, seed=seed)
     return data.inputs, data.targets
 
@@ -35,9 +39,7 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 """sklearn checks this estimator does not pass, each with the reason (none at present)."""
 
 
-_CHECKS = parametrize_with_checks(
-    [CovarianceRegressor(**FAST)], expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS
-)
+_CHECKS = parametrize_with_checks([_fast()], expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS)
 """scikit-learn's ``parametrize`` mark; its checks come as a generator, which pytest is deprecating, so
 they are listed below."""
 
@@ -72,7 +74,7 @@ def test_cross_val_score_returns_finite_log_likelihoods() -> None:
 
 def test_pipeline_and_grid_search_maximise_the_log_likelihood() -> None:
     inputs, targets = _data(samples=200)
-    pipeline = make_pipeline(StandardScaler(), CovarianceRegressor(**FAST))
+    pipeline = make_pipeline(StandardScaler(), _fast())
     search = GridSearchCV(pipeline, {"covarianceregressor__lr": [1e-6, 3e-3]}, cv=2).fit(inputs, targets)
     means = search.cv_results_["mean_test_score"]
     assert np.isfinite(means).all()
@@ -83,7 +85,7 @@ def test_pipeline_and_grid_search_maximise_the_log_likelihood() -> None:
 def test_dataframes_keep_their_names_and_one_target_predicts_a_vector() -> None:
     inputs, targets = _data(out_dim=1)
     frame = pd.DataFrame(inputs, columns=["temperature", "pressure", "flow"])
-    model = CovarianceRegressor(**FAST).fit(frame, pd.Series(targets[:, 0], name="yield"))
+    model = _fast().fit(frame, pd.Series(targets[:, 0], name="yield"))
     assert list(model.feature_names_in_) == ["temperature", "pressure", "flow"]
     assert model.target_names_ == ("yield",)
     assert model.predict(frame.iloc[:3]).shape == (3,)
@@ -93,10 +95,11 @@ def test_dataframes_keep_their_names_and_one_target_predicts_a_vector() -> None:
 
 def test_validation_data_replaces_the_held_out_fraction() -> None:
     inputs, targets = _data()
-    model = CovarianceRegressor(**FAST).fit(inputs[:200], targets[:200], validation_data=(inputs[200:], targets[200:]))
+    held_out = (inputs[200:], targets[200:])
+    model = _fast().fit(inputs[:200], targets[:200], validation_data=held_out)
     assert model.validation_metrics_["samples"] == 100
     with pytest.raises(ValueError, match="validation_data: 1 targets, but Y has 2"):
-        CovarianceRegressor(**FAST).fit(inputs, targets, validation_data=(inputs, targets[:, :1]))
+        _fast().fit(inputs, targets, validation_data=(inputs, targets[:, :1]))
 
 
 def test_bad_parameters_and_data_are_value_errors_naming_them() -> None:
@@ -107,13 +110,13 @@ def test_bad_parameters_and_data_are_value_errors_naming_them() -> None:
         CovarianceRegressor(epochs=0).fit(inputs, targets)
     with pytest.raises(ValueError, match="validation_fraction: expected a fraction in"):
         CovarianceRegressor(validation_fraction=1.5).fit(inputs, targets)
-    with pytest.raises(ValueError, match="at least 4 rows .*n_samples = 3"):
-        CovarianceRegressor(**FAST).fit(inputs[:3], targets[:3])
+    with pytest.raises(ValueError, match=r"at least 4 rows .*n_samples = 3"):
+        _fast().fit(inputs[:3], targets[:3])
 
 
 def test_a_fitted_estimator_pickles_and_reloads() -> None:
     inputs, targets = _data(samples=120)
-    model = CovarianceRegressor(**FAST).fit(inputs, targets)
+    model = _fast().fit(inputs, targets)
     again = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(again.predict(inputs), model.predict(inputs))
     np.testing.assert_array_equal(
@@ -124,7 +127,7 @@ def test_a_fitted_estimator_pickles_and_reloads() -> None:
 def test_export_publishes_what_the_service_serves(tmp_path: Path) -> None:
     inputs, targets = _data()
     frame = pd.DataFrame(inputs, columns=["a", "b", "c"])
-    model = CovarianceRegressor(**FAST).fit(frame, pd.DataFrame(targets, columns=["u", "v"]))
+    model = _fast().fit(frame, pd.DataFrame(targets, columns=["u", "v"]))
     version = model.export(tmp_path / "models", "plant")
     assert version == tmp_path / "models" / "plant" / "1"
     card = json.loads((version / "model.json").read_text())
@@ -143,7 +146,7 @@ def test_export_publishes_what_the_service_serves(tmp_path: Path) -> None:
     np.testing.assert_allclose(prediction.mean, distribution.mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(prediction.covariance, distribution.covariance, rtol=1e-4, atol=1e-4)
     assert model.export(tmp_path / "models", "plant").name == "2"
-    narrower = CovarianceRegressor(**FAST).fit(frame[["a", "b"]], targets)
+    narrower = _fast().fit(frame[["a", "b"]], targets)
     with pytest.raises(ValueError, match="other columns than this run"):
         narrower.export(tmp_path / "models", "plant")
     assert narrower.export(tmp_path / "models", "plant", allow_schema_change=True).name == "3"

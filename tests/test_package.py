@@ -30,9 +30,16 @@ MODULES = [
     "covserve.training.pipeline",
     "covserve.training.pseudolabels",
     "covserve.training.synthetic",
+    "covserve.training.estimator",
+    "covserve.client",
+    "covserve.client._async",
+    "covserve.client._errors",
+    "covserve.client._protocol",
+    "covserve.client._sync",
+    "covserve.distribution",
+    "covserve.gaussian",
     "covserve.service",
     "covserve.service.cli",
-    "covserve.gaussian",
     "covserve.service._access",
     "covserve.service._app",
     "covserve.service._body",
@@ -137,6 +144,18 @@ def test_covserve_train_without_the_training_extra_says_so_in_one_line(
     assert "pip install 'covserve[train]'" in error
 
 
+@pytest.mark.parametrize("name", ["CovarianceRegressor", "Client", "AsyncClient", "PredictiveDistribution"])
+def test_the_entry_points_import_from_the_top_level(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", f"from covserve import {name}; print({name}.__name__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+
+
 def test_the_service_package_never_imports_torch() -> None:
     code = (
         "import sys, covserve.service, covserve.service.cli, covserve.gaussian, "
@@ -152,6 +171,8 @@ def test_the_service_package_never_imports_torch() -> None:
     [
         ("covserve.training.trainer", ("onnxruntime", "onnx")),
         ("covserve.repository", ("torch", "onnx", "onnxruntime", "covserve.training")),
+        ("covserve.client", ("torch", "onnxruntime", "fastapi", "covserve.service", "covserve.training")),
+        ("covserve", ("torch", "sklearn", "httpx", "onnxruntime", "covserve.service", "covserve.training")),
     ],
 )
 def test_modules_do_not_import_what_they_do_not_need(module: str, absent: tuple[str, ...]) -> None:

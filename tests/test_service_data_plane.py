@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
+from covserve.gaussian import mahalanobis
 from covserve.service import Settings, create_app
 from covserve.service import _app as app_module
 from covserve.service._data_plane import DataPlane, data_plane, of_app
@@ -31,7 +32,6 @@ from covserve.service._errors import (
 )
 from covserve.service._metrics import ServiceMetrics
 from covserve.service._responses import service_error_response
-from covserve.gaussian import mahalanobis
 
 __all__: list[str] = []
 

@@ -236,7 +236,7 @@ def connection_failed(url: str, error: httpx.HTTPError, retry: Retry, attempt: i
     raise TransportError(f"{url}: {error}") from None
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
+def _retry_after_seconds(response: httpx.Response) -> float | None:
     """``Retry-After`` in seconds (a number or an HTTP date), ``None`` when absent or unreadable."""
     value = response.headers.get("retry-after")
     if value is None:
@@ -258,7 +258,7 @@ def error_of(response: httpx.Response) -> HTTPStatusError:
         message = str(orjson.loads(response.content)["error"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         message = response.text or HTTPStatus(response.status_code).phrase
-    return error_for_status(response.status_code, message, retry_after_seconds(response))
+    return error_for_status(response.status_code, message, _retry_after_seconds(response))
 
 
 def rows_of(x: ArrayLike) -> NDArray[np.float64]:
@@ -384,10 +384,10 @@ def _binary_call(
     )
 
     def decode(response: httpx.Response) -> Prediction:
-        tensors = decode_binary_outputs(response)
+        tensors = _decode_binary_outputs(response)
         return Prediction(
             model=info.name,
-            version=response_version(response, info),
+            version=_response_version(response, info),
             targets=info.targets,
             mean=tensors.get("mean"),
             covariance=tensors.get("covariance"),
@@ -398,14 +398,14 @@ def _binary_call(
     return Call("POST", _model_path(info.name, version, "v2") + "/infer", decode, header + data, headers)
 
 
-def response_version(response: httpx.Response, info: ModelInfo) -> int:
+def _response_version(response: httpx.Response, info: ModelInfo) -> int:
     """The version an OIP response names (``model_version``), else the described one."""
     length = int(response.headers.get(HEADER_LENGTH, len(response.content)))
     version = orjson.loads(response.content[:length]).get("model_version")
     return int(version) if version else info.version
 
 
-def decode_binary_outputs(response: httpx.Response) -> dict[str, Array]:
+def _decode_binary_outputs(response: httpx.Response) -> dict[str, Array]:
     """The outputs of an OIP response (binary or JSON ``data``) as float64 arrays of their shapes."""
     content = response.content
     length = int(response.headers.get(HEADER_LENGTH, len(content)))

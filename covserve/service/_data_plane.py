@@ -22,8 +22,8 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from numpy.typing import NDArray
 
-from covserve.repository import INPUT_NAME, OUTPUT_NAMES
 from covserve import gaussian
+from covserve.repository import INPUT_NAME, OUTPUT_NAMES
 from covserve.service._admission import Admission, body_limit
 from covserve.service._body import declared_length, read_body
 from covserve.service._errors import InvalidRequestError, ServiceError, TooLargeError

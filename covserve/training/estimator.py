@@ -121,12 +121,11 @@ class CovarianceRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def _configs(self) -> tuple[TrainConfig, ModelConfig]:
         """The parameters as the trainer's configuration; ``ValueError`` naming the parameter at fault."""
-        model_fields = {"width": self.width, "depth": self.depth}
         train_fields = {
             name: value for name, value in self.get_params().items() if name in TrainConfig.model_fields
         }
         try:
-            return TrainConfig(**train_fields), ModelConfig(**model_fields)
+            return TrainConfig(**train_fields), ModelConfig(width=self.width, depth=self.depth)
         except ValidationError as error:
             first = error.errors()[0]
             location = ".".join(str(part) for part in first["loc"]) or "parameters"
@@ -234,7 +233,8 @@ class CovarianceRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         distribution = self.predict_distribution(X)
         targets = _as_matrix(np.asarray(y, dtype=np.float64))
         log_likelihood = distribution.logpdf(targets)
-        return float(np.average(log_likelihood, weights=sample_weight))
+        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        return float(np.average(log_likelihood, weights=weights))
 
     def export(self, repository: str | Path, name: str, *, allow_schema_change: bool = False) -> Path:
         """Publish the model as the next version of ``name`` in ``repository``, as ``covserve-train fit``
