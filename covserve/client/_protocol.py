@@ -301,6 +301,8 @@ def choose_transport(transport: Transport | str, rows: int, outputs: Sequence[st
     """``transport`` resolved for ``rows`` rows and ``outputs``; ``ValueError`` for unknown outputs or
     binary with outputs the OIP route does not serve."""
     chosen = Transport(transport)
+    if isinstance(outputs, str):
+        raise ValueError(f"outputs: expected a list of output names, got the string {outputs!r}")
     unknown = [name for name in outputs if name not in OUTPUT_NAMES]
     if unknown or not outputs:
         raise ValueError(f"outputs: expected some of {list(OUTPUT_NAMES)}, got {list(outputs)}")

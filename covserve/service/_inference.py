@@ -42,10 +42,10 @@ MILLISECONDS = 1000.0
 
 DISPATCH_TURNS = 2
 """Event-loop turns between a request joining a queue and the dispatch that gives it a free worker: the
-rest of this turn, then one more, whose poll delivers the requests already on the wire. Measured on 2
-cores (one for the server) at concurrency 64, single-row OIP requests: dispatching on the next turn gave
-0.94× the requests/s of a 2 ms batching delay, two turns 1.04×, three and four no more; the latency of a
-lone request did not change (``benchmarks/batching.py``)."""
+rest of this turn, then one more, whose poll delivers the requests already on the wire. On 2 cores (one
+for the server), single-row OIP requests at concurrency 64 got 0.94× the requests/s of a 2 ms batching
+delay when dispatched on the next turn, 1.04–1.07× after two turns and no more after three or four, with
+no change in the latency of a lone request (``benchmarks/results/README.md``, batching)."""
 
 
 class Outcome(NamedTuple):

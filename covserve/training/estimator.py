@@ -10,7 +10,9 @@ The constructor's parameters are the trainer's options (:class:`~covserve.traini
 and :class:`~covserve.training.config.ModelConfig`) with the same defaults, checked when ``fit`` runs (a
 bad value is a ``ValueError`` naming it). ``fit`` holds out ``validation_fraction`` of the rows (or takes
 ``validation_data``) for early stopping and the covariance calibration, exactly as the command line does
-with its validation split, and keeps no copy of the data. Predictions are in the data's raw units.
+with its validation split. Of the data it keeps only the training inputs' mean and covariance (for the
+service's out-of-distribution score) and up to 256 validation rows, on which an export is verified.
+Predictions are in the data's raw units.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from covserve.distribution import PredictiveDistribution
 from covserve.training.config import ModelConfig, RunConfig, TrainConfig
-from covserve.training.data import Protocol, Split, Table
-from covserve.training.data._splits import check_column_scales
+from covserve.training.data import Protocol, Split, Table, check_column_scales
 from covserve.training.errors import UsageError
 from covserve.training.export import ModelCard
 from covserve.training.metrics import compute_metrics

@@ -14,7 +14,7 @@ from __future__ import annotations
 from covserve.training.data._builtin import BUILTIN_NAMES
 from covserve.training.data._config import DataConfig, Protocol
 from covserve.training.data._load import load_split, load_table
-from covserve.training.data._splits import TICTAC_SCALE, make_split
+from covserve.training.data._splits import TICTAC_SCALE, check_column_scales, make_split
 from covserve.training.data._table import Split, Table
 from covserve.training.data._uci import UCI_NAMES
 
@@ -26,6 +26,7 @@ __all__ = [
     "Protocol",
     "Split",
     "Table",
+    "check_column_scales",
     "load_split",
     "load_table",
     "make_split",

@@ -21,7 +21,7 @@ from covserve.training.numerics import (
     constant_columns,
 )
 
-__all__ = ["TICTAC_SCALE", "make_split"]
+__all__ = ["TICTAC_SCALE", "check_column_scales", "make_split"]
 
 TICTAC_SCALE: Final = 10.0
 """TIC-TAC standardises every column with ``10 * StandardScaler()``: mean 0, standard deviation 10."""
