@@ -11,23 +11,20 @@ from typing import TypeVar
 import httpx
 from numpy.typing import ArrayLike
 
+from covserve.client._base import ClientBase
 from covserve.client._errors import ServiceUnavailableError, TransportError
 from covserve.client._protocol import (
     DEFAULT_LEVEL,
     Call,
-    ClientSettings,
     ModelInfo,
     Prediction,
-    Retry,
     Transport,
     Wait,
-    choose_transport,
     condition_call,
     connection_failed,
     models_call,
     predict_call,
     ready_call,
-    rows_of,
     settle,
 )
 from covserve.distribution import PredictiveDistribution
@@ -37,40 +34,14 @@ __all__ = ["AsyncClient"]
 T = TypeVar("T")
 
 
-class AsyncClient:
-    """A covserve server at ``url``, for asyncio: ``await client.predict(x)``; the parameters and the
-    retries are :class:`~covserve.client.Client`'s. Use it as ``async with``, or ``await`` :meth:`aclose`.
-
-    Every coroutine below is the same-named method of :class:`~covserve.client.Client`.
-
-    ``model`` names the model calls use when they name none (otherwise the server's only model);
-    ``api_key`` is sent as ``Authorization: Bearer``; ``timeout`` bounds each HTTP exchange, in seconds.
-    A 503 (server full) or a connection that cannot be opened is retried ``retries`` times with
-    exponential backoff from ``backoff`` seconds, honouring ``Retry-After``; any other error status raises
-    its :class:`~covserve.client.HTTPStatusError` subclass at once with the server's message. Use it as a
-    context manager, or call :meth:`close`.
+class AsyncClient(ClientBase[httpx.AsyncBaseTransport, httpx.AsyncClient]):
+    """The asyncio client: ``await client.predict(x)``; the parameters and the retries are
+    :class:`ClientBase`'s. Use it as ``async with``, or ``await`` :meth:`aclose`. Every coroutine is the
+    same-named method of :class:`~covserve.client.Client`.
     """
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        model: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff: float = 0.1,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._settings = ClientSettings(url, model, api_key, timeout, Retry(retries, backoff))
-        self._http = httpx.AsyncClient(
-            base_url=self._settings.url,
-            headers=self._settings.headers(),
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
-        )
-        self._served: list[ModelInfo] | None = None
+    def _open(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=transport, **self._http_options())
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -139,9 +110,8 @@ class AsyncClient:
         transport: Transport | str = Transport.AUTO,
     ) -> Prediction:
         """:meth:`Client.predict`."""
-        chosen = choose_transport(transport, len(rows_of(x)), outputs)
-        name = self._settings.model if model is None else model
-        info = await self._info(model, version) if chosen is Transport.BINARY or name is None else None
+        chosen, name, described = self._plan(x, model, outputs, transport)
+        info = await self._info(model, version) if described else None
         return await self._send(predict_call(x, info, name, version, outputs, level, chosen))
 
     async def condition(

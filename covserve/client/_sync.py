@@ -9,23 +9,20 @@ from typing import TypeVar
 import httpx
 from numpy.typing import ArrayLike
 
+from covserve.client._base import ClientBase
 from covserve.client._errors import ServiceUnavailableError, TransportError
 from covserve.client._protocol import (
     DEFAULT_LEVEL,
     Call,
-    ClientSettings,
     ModelInfo,
     Prediction,
-    Retry,
     Transport,
     Wait,
-    choose_transport,
     condition_call,
     connection_failed,
     models_call,
     predict_call,
     ready_call,
-    rows_of,
     settle,
 )
 from covserve.distribution import PredictiveDistribution
@@ -35,37 +32,15 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
-class Client:
-    """A covserve server at ``url``: ``models()``, ``ready()``, ``predict()`` and ``condition()``.
-
-    ``model`` names the model calls use when they name none (otherwise the server's only model);
-    ``api_key`` is sent as ``Authorization: Bearer``; ``timeout`` bounds each HTTP exchange, in seconds.
-    A 503 (server full) or a connection that cannot be opened is retried ``retries`` times with
-    exponential backoff from ``backoff`` seconds, honouring ``Retry-After``; any other error status raises
-    its :class:`~covserve.client.HTTPStatusError` subclass at once with the server's message. Use it as a
-    context manager, or call :meth:`close`.
+class Client(ClientBase[httpx.BaseTransport, httpx.Client]):
+    """The blocking client of a covserve server: ``models()``, ``ready()``, ``wait_until_ready()``,
+    ``predict()`` and ``condition()``. Its parameters and retries are :class:`ClientBase`'s
+    (``Client(url, model=, api_key=, timeout=, retries=, backoff=)``). Use it as a context manager, or
+    call :meth:`close`.
     """
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        model: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff: float = 0.1,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._settings = ClientSettings(url, model, api_key, timeout, Retry(retries, backoff))
-        self._http = httpx.Client(
-            base_url=self._settings.url,
-            headers=self._settings.headers(),
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
-        )
-        self._served: list[ModelInfo] | None = None
+    def _open(self, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(transport=transport, **self._http_options())
 
     def __enter__(self) -> Client:
         return self
@@ -137,9 +112,8 @@ class Client:
         interval (at ``level``) and mahalanobis_ood; ``.distribution`` of the result is the rows'
         :class:`~covserve.PredictiveDistribution`. ``transport`` ``auto`` sends large batches as OIP binary
         tensors."""
-        chosen = choose_transport(transport, len(rows_of(x)), outputs)
-        name = self._settings.model if model is None else model
-        info = self._info(model, version) if chosen is Transport.BINARY or name is None else None
+        chosen, name, described = self._plan(x, model, outputs, transport)
+        info = self._info(model, version) if described else None
         return self._send(predict_call(x, info, name, version, outputs, level, chosen))
 
     def condition(

@@ -7,10 +7,10 @@ first use, so importing ``covserve.training.cli`` or ``covserve.training.config`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from covserve import __version__
+from covserve._lazy import lazy_attributes
 from covserve.training.options import LabelScheme, LossName
 
 if TYPE_CHECKING:
@@ -56,15 +56,4 @@ _TORCH_NAMES = {
 _MODULE_OF = {name: module for module, names in _TORCH_NAMES.items() for name in names}
 
 
-def __getattr__(name: str) -> Any:
-    """The torch-backed public names, imported from their module on first use (PEP 562)."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _MODULE_OF, globals(), __all__)
