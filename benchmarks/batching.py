@@ -78,6 +78,9 @@ CELLS = ((1, 1), (1, 16), (1, 64), (BATCH_ROWS, 16))
 QUICK_CELLS = ((1, 1), (1, 16))
 PERF_ANALYZER_CELLS = ((1, 1), (1, 64), (BATCH_ROWS, 16))
 PERF_ANALYZER = "perf_analyzer"
+NATIVE_FLAG, OIP_FLAG, BOTH = "json", "binary", "both"
+"""``--protocols`` of the ``serving.py`` cells: native JSON, OIP binary or both (``perf_analyzer``'s are
+always OIP binary)."""
 PERF_ANALYZER_WINDOW_MS = 1000
 PERF_ANALYZER_TIMEOUT_SECONDS = 300
 CUDA_RUNTIME = "libcudart.so.12"
@@ -282,6 +285,17 @@ def _targets(results: dict[Key, Series]) -> list[str]:
     return lines
 
 
+def _cells(text: str) -> tuple[tuple[int, int], ...]:
+    """``"256x16,1x64"`` → ``((256, 16), (1, 64))``; ``argparse.ArgumentTypeError`` otherwise."""
+    cells = []
+    for item in text.split(","):
+        rows, _, concurrency = item.strip().partition("x")
+        if not (rows.isdigit() and concurrency.isdigit() and int(rows) > 0 and int(concurrency) > 0):
+            raise argparse.ArgumentTypeError(f"expected ROWSxCONCURRENCY cells such as 256x16, got {item!r}")
+        cells.append((int(rows), int(concurrency)))
+    return tuple(cells)
+
+
 def _loads(averages: tuple[float, float, float]) -> str:
     return ", ".join(f"{value:.2f}" for value in averages)
 
@@ -300,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="one round of 0.2 s cells at concurrency 1 and 16"
     )
+    parser.add_argument(
+        "--cells",
+        type=_cells,
+        default=None,
+        help="only these ROWSxCONCURRENCY cells, comma-separated (e.g. 256x16), with every load generator",
+    )
+    parser.add_argument("--protocols", choices=(NATIVE_FLAG, OIP_FLAG, BOTH), default=BOTH)
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     args = parser.parse_args(argv)
     baseline: Path | None = None if args.baseline is None else args.baseline.resolve()
@@ -309,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--perf-analyzer: {args.perf_analyzer} is not an executable file")
     seconds: float = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
     rounds: int = args.rounds or (1 if args.quick else ROUNDS)
-    cells = QUICK_CELLS if args.quick else CELLS
+    cells = args.cells or (QUICK_CELLS if args.quick else CELLS)
+    protocols = {NATIVE_FLAG: (NATIVE,), OIP_FLAG: (OIP,), BOTH: (NATIVE, OIP)}[args.protocols]
+    analyser_cells = PERF_ANALYZER_CELLS if args.cells is None else args.cells
     modes = _modes(baseline)
     revisions = {mode.label: _revision(mode.source) for mode in modes}
 
@@ -334,13 +357,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             order = modes[round_index % len(modes) :] + modes[: round_index % len(modes)]
             for mode in order:
                 server = servers[mode.label]
-                for protocol in (NATIVE, OIP):
+                for protocol in protocols:
                     for rows, concurrency in cells:
                         sample = _ours(server, protocol, rows, concurrency, seconds)
                         key = ("serving.py", protocol, rows, concurrency, mode.label)
                         results.setdefault(key, Series([])).samples.append(sample)
                 if args.perf_analyzer is not None:
-                    for rows, concurrency in PERF_ANALYZER_CELLS:
+                    for rows, concurrency in analyser_cells:
                         sample = _perf_analyzer(args.perf_analyzer, server, rows, concurrency)
                         key = (PERF_ANALYZER, OIP, rows, concurrency, mode.label)
                         results.setdefault(key, Series([])).samples.append(sample)
@@ -350,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     command += "" if baseline is None else " --baseline <checkout>"
     command += "" if args.perf_analyzer is None else " --perf-analyzer <binary>"
     command += f" --seconds {seconds:g} --rounds {rounds}"
+    if args.cells is not None:
+        command += " --cells " + ",".join(f"{rows}x{concurrency}" for rows, concurrency in args.cells)
+    command += "" if args.protocols == BOTH else f" --protocols {args.protocols}"
     modes_text = [
         f"* `{mode.label}`: {revisions[mode.label]}; flags `{' '.join(mode.flags) or '(defaults)'}`"
         for mode in modes
