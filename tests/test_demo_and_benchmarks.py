@@ -219,6 +219,13 @@ def test_resuming_with_other_settings_or_an_unreadable_store_names_the_file(
         ("distributed.py", "--samples", "0", "argument --samples: 0 must be at least 1"),
         ("serving.py", "--seconds", "nan", "argument --seconds: nan must be a finite number above 0"),
         ("tac.py", "--repeats", "0", "argument --repeats: 0 must be at least 1"),
+        ("batching.py", "--rounds", "0", "argument --rounds: 0 must be at least 1"),
+        (
+            "batching.py",
+            "--cells",
+            "256x0",
+            "argument --cells: expected ROWSxCONCURRENCY cells such as 256x16, got '256x0'",
+        ),
     ],
 )
 def test_a_bad_count_is_refused_naming_the_flag(
