@@ -110,9 +110,9 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport, httpx.AsyncClient]):
         transport: Transport | str = Transport.AUTO,
     ) -> Prediction:
         """:meth:`Client.predict`."""
-        chosen, name, described = self._plan(x, model, outputs, transport)
+        rows, chosen, name, described = self._plan(x, model, outputs, transport)
         info = await self._info(model, version) if described else None
-        return await self._send(predict_call(x, info, name, version, outputs, level, chosen))
+        return await self._send(predict_call(x, rows, info, name, version, outputs, level, chosen))
 
     async def condition(
         self, x: ArrayLike, observed: Mapping[str | int, ArrayLike], *, model: str | None = None

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-from numpy.typing import ArrayLike
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from covserve.client._protocol import ClientSettings, ModelInfo, Retry, Transport, choose_transport, rows_of
 
@@ -58,9 +59,10 @@ class ClientBase(Generic[TransportT, HTTPClientT]):
 
     def _plan(
         self, x: ArrayLike, model: str | None, outputs: Sequence[str], transport: Transport | str
-    ) -> tuple[Transport, str | None, bool]:
-        """A predict's transport, its model name (``None``: the server's only model) and whether it needs
-        the model's description (binary, or no name)."""
-        chosen = choose_transport(transport, len(rows_of(x)), outputs)
+    ) -> tuple[NDArray[np.float64], Transport, str | None, bool]:
+        """A predict's rows (:func:`rows_of`), transport, model name (``None``: the server's only model)
+        and whether it needs the model's description (binary, or no name)."""
+        rows = rows_of(x)
+        chosen = choose_transport(transport, len(rows), outputs)
         name = self._settings.model if model is None else model
-        return chosen, name, chosen is Transport.BINARY or name is None
+        return rows, chosen, name, chosen is Transport.BINARY or name is None

@@ -316,6 +316,7 @@ def choose_transport(transport: Transport | str, rows: int, outputs: Sequence[st
 
 def predict_call(
     x: ArrayLike,
+    rows: NDArray[np.float64],
     info: ModelInfo | None,
     model: str | None,
     version: int | None,
@@ -323,10 +324,9 @@ def predict_call(
     level: float,
     transport: Transport,
 ) -> Call[Prediction]:
-    """The predict request of ``x`` for ``model`` with ``transport`` (already chosen). ``info``, the
-    model's description, names the model when ``model`` is ``None`` and is needed for binary (its target
-    names)."""
-    rows = rows_of(x)
+    """The predict request of ``x`` (its values as :func:`rows_of` ``rows``; ``x`` is read for DataFrame
+    column names) for ``model`` with ``transport`` (already chosen). ``info``, the model's description,
+    names the model when ``model`` is ``None`` and is needed for binary (its target names)."""
     columns = _columns(x)
     if info is None and (model is None or transport is Transport.BINARY):
         raise ValueError("predict: binary, or no model name, needs the model's description")
@@ -386,10 +386,10 @@ def _binary_call(
     )
 
     def decode(response: httpx.Response) -> Prediction:
-        tensors = _decode_binary_outputs(response)
+        version, tensors = _decode_binary_outputs(response)
         return Prediction(
             model=info.name,
-            version=_response_version(response, info),
+            version=info.version if version is None else version,
             targets=info.targets,
             mean=tensors.get("mean"),
             covariance=tensors.get("covariance"),
@@ -400,15 +400,9 @@ def _binary_call(
     return Call("POST", _model_path(info.name, version, "v2") + "/infer", decode, header + data, headers)
 
 
-def _response_version(response: httpx.Response, info: ModelInfo) -> int:
-    """The version an OIP response names (``model_version``), else the described one."""
-    length = int(response.headers.get(HEADER_LENGTH, len(response.content)))
-    version = orjson.loads(response.content[:length]).get("model_version")
-    return int(version) if version else info.version
-
-
-def _decode_binary_outputs(response: httpx.Response) -> dict[str, Array]:
-    """The outputs of an OIP response (binary or JSON ``data``) as float64 arrays of their shapes."""
+def _decode_binary_outputs(response: httpx.Response) -> tuple[int | None, dict[str, Array]]:
+    """The version an OIP response names (``model_version``, ``None`` if it names none) and its outputs
+    (binary or JSON ``data``) as float64 arrays of their shapes."""
     content = response.content
     length = int(response.headers.get(HEADER_LENGTH, len(content)))
     document = orjson.loads(content[:length])
@@ -424,7 +418,8 @@ def _decode_binary_outputs(response: httpx.Response) -> dict[str, Array]:
             values = np.frombuffer(content, dtype=dtype, count=size // dtype.itemsize, offset=offset)
             offset += size
         tensors[output["name"]] = values.astype(np.float64).reshape(shape)
-    return tensors
+    version = document.get("model_version")
+    return (int(version) if version else None), tensors
 
 
 def condition_call(

@@ -112,9 +112,9 @@ class Client(ClientBase[httpx.BaseTransport, httpx.Client]):
         interval (at ``level``) and mahalanobis_ood; ``.distribution`` of the result is the rows'
         :class:`~covserve.PredictiveDistribution`. ``transport`` ``auto`` sends large batches as OIP binary
         tensors."""
-        chosen, name, described = self._plan(x, model, outputs, transport)
+        rows, chosen, name, described = self._plan(x, model, outputs, transport)
         info = self._info(model, version) if described else None
-        return self._send(predict_call(x, info, name, version, outputs, level, chosen))
+        return self._send(predict_call(x, rows, info, name, version, outputs, level, chosen))
 
     def condition(
         self, x: ArrayLike, observed: Mapping[str | int, ArrayLike], *, model: str | None = None

@@ -137,13 +137,13 @@ class Inference:
         queue.entries.append(entry)
         queue.rows += len(inputs)
         if len(queue.entries) == 1:
-            self._arm(model, queue, self.delay_seconds)
+            self._arm(queue, self.delay_seconds)
         if not self._dispatch_scheduled:
             self._dispatch_scheduled = True
             _after_turns(asyncio.get_running_loop(), DISPATCH_TURNS, self._dispatch)
         return await entry.future
 
-    def _arm(self, model: LoadedModel, queue: _Queue, seconds: float) -> None:
+    def _arm(self, queue: _Queue, seconds: float) -> None:
         """Mark ``queue`` due after ``seconds`` (at once without a delay)."""
         queue.cancel_timer()
         if seconds <= 0:
@@ -176,7 +176,7 @@ class Inference:
             batch = queue.take(self.max_batch_rows)
             if queue.entries:
                 waited = time.perf_counter() - queue.entries[0].enqueued
-                self._arm(model, queue, self.delay_seconds - waited)
+                self._arm(queue, self.delay_seconds - waited)
             else:
                 queue.cancel_timer()
                 del self._queues[model]
